@@ -1,0 +1,28 @@
+"""Dependencies: the app context and the authenticated principal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from zpay.services.auth import Principal, authenticate
+from zpay.services.context import AppContext
+from zpay.services.pagination import Page
+
+
+def context_of(request: Request[Any, Any, Any]) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+async def provide_ctx(request: Request[Any, Any, Any]) -> AppContext:
+    return context_of(request)
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    return await authenticate(context_of(request), request.headers.get("authorization"))
+
+
+async def provide_page(limit: int = 20, starting_after: str | None = None) -> Page:
+    return Page(limit=limit, starting_after=starting_after)

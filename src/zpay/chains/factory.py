@@ -1,0 +1,30 @@
+"""Builds the adapters of the enabled networks from the registry and settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zpay.chains.protocol import ChainAdapter, Family
+from zpay.chains.registry import get_network
+from zpay.settings import Settings
+
+
+async def build_adapter(name: str, settings: Settings) -> ChainAdapter:
+    spec = get_network(name)
+    if spec.info.family is Family.SOLANA:
+        from zpay.chains.solana import SolanaAdapter
+
+        if spec.info.local and not spec.rpc_url:
+            return SolanaAdapter.local(spec, state_dir=_state_dir(settings, name))
+        import base58
+
+        return SolanaAdapter.rpc(spec, fee_payer_secret=base58.b58decode(
+            settings.solana_fee_payer_key), commitment=settings.solana_commitment,
+            confirm_timeout_s=settings.confirm_timeout_s)
+    from zpay.chains.evm_factory import build_evm_adapter
+
+    return await build_evm_adapter(spec, settings, _state_dir(settings, name))
+
+
+def _state_dir(settings: Settings, name: str) -> Path:
+    return settings.data_dir / "chains" / name

@@ -1,0 +1,1 @@
+"""Pure domain: money, policy evaluation, limit windows, state machines. Standard library only."""

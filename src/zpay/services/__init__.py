@@ -1,0 +1,1 @@
+"""Use cases: each orchestrates domain + store + chain in explicit transactions."""

@@ -1,0 +1,72 @@
+"""Who is calling: a merchant (secret key), an agent (agent token) or a policy session token."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from zpay.domain import tokens
+from zpay.domain.errors import Forbidden, Unauthorized
+from zpay.services.context import AppContext
+from zpay.store.models import Agent, ApiKey, PolicySession
+
+
+class Role(enum.StrEnum):
+    MERCHANT = "merchant"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Principal:
+    merchant_id: str
+    role: Role
+    agent_id: str | None = None
+    policy_session_id: str | None = None  # set when an `as_` session token is used
+
+    def require_merchant(self, action: str) -> None:
+        if self.role is not Role.MERCHANT:
+            raise Forbidden(f"an agent token cannot {action}; use the merchant's secret key",
+                            code="merchant_key_required")
+
+
+async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer <token> header",
+                           code="missing_credentials")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("use Authorization: Bearer <token>", code="invalid_credentials")
+    kind = tokens.parse_kind(token)
+    if kind is None:  # refused before any database lookup
+        raise Unauthorized("malformed token", code="invalid_credentials")
+    digest = tokens.token_hash(token)
+    async with ctx.db.sessions() as s:
+        if kind == "sk":
+            key = (await s.execute(select(ApiKey).where(ApiKey.token_hash == digest))).scalar()
+            if key is None or key.revoked_at is not None:
+                raise Unauthorized("unknown or revoked API key", code="invalid_credentials")
+            return Principal(key.merchant_id, Role.MERCHANT)
+        if kind == "agent":
+            agent = (await s.execute(select(Agent).where(Agent.token_hash == digest))).scalar()
+            if agent is None or agent.status == "deleted":
+                raise Unauthorized("unknown agent token", code="invalid_credentials")
+            if agent.status == "frozen":
+                raise Unauthorized("this agent is frozen", code="agent_frozen")
+            return Principal(agent.merchant_id, Role.AGENT, agent_id=agent.id)
+        policy = (
+            await s.execute(select(PolicySession).where(PolicySession.token_hash == digest))
+        ).scalar()
+        if policy is None:
+            raise Unauthorized("unknown session token", code="invalid_credentials")
+        if policy.status != "active" or (
+            policy.expires_at is not None and ctx.now() >= policy.expires_at
+        ):
+            raise Unauthorized("this session is no longer active", code="session_not_active")
+        agent = await s.get(Agent, policy.agent_id)
+        if agent is None or agent.status != "active":
+            raise Unauthorized("this agent is frozen", code="agent_frozen")
+        return Principal(policy.merchant_id, Role.AGENT, agent_id=policy.agent_id,
+                         policy_session_id=policy.id)

@@ -1,0 +1,367 @@
+"""Session keys: funded wallets for one agent. Create → approve → active → … → closed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from zpay.chains.protocol import ChainAdapter, ChainError, IssuedApproval, TokenInfo
+from zpay.custody import SealedSecret
+from zpay.domain.errors import Conflict, InvalidRequest, NotFound, ZpayError
+from zpay.domain.lifecycle import KeyStatus, is_live, transition
+from zpay.domain.money import parse_amount
+from zpay.domain.policy import KeyState, authorize
+from zpay.domain.windows import Window
+from zpay.services.agents import load_agent
+from zpay.services.auth import Principal
+from zpay.services.context import AppContext
+from zpay.services.events import emit
+from zpay.services.pagination import Page, page_body
+from zpay.services.sessions import load_session, policy_state, resolve_expiry
+from zpay.services.views import amount, approval_view, attempt_view, session_key_view
+from zpay.store.ids import new_id
+from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
+
+
+@dataclass(frozen=True)
+class SessionKeyRequest:
+    agent_id: str
+    user_wallet: str
+    max_amount: str
+    chain: str | None = None
+    token: str = "USDC"
+    expires_at: datetime | None = None
+    expires_in_seconds: int | None = None
+    session_id: str | None = None
+    refund_on_close: bool = True
+    approval_method: str | None = None
+
+
+def key_state(key: SessionKey) -> KeyState:
+    return KeyState(status=key.status, expires_at=key.expires_at, funded=key.funded_amount,
+                    spent=key.spent_amount, held=key.held_amount)
+
+
+def token_of(key: SessionKey, adapter: ChainAdapter) -> TokenInfo:
+    token = adapter.token(key.token_symbol)
+    if token.address != key.token_address:
+        raise ZpayError("the chain's token differs from the key's", code="chain_state_mismatch")
+    return token
+
+
+async def load_key(s: AsyncSession, principal: Principal, key_id: str,
+                   *, lock: bool = False) -> SessionKey:
+    stmt = select(SessionKey).where(SessionKey.id == key_id,
+                                    SessionKey.merchant_id == principal.merchant_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    key = (await s.execute(stmt)).scalar()
+    if key is None or (principal.agent_id is not None and key.agent_id != principal.agent_id) or (
+        principal.policy_session_id is not None
+        and key.policy_session_id != principal.policy_session_id
+    ):
+        raise NotFound(f"no session key {key_id!r}", code="session_key_not_found")
+    return key
+
+
+async def load_secret(ctx: AppContext, s: AsyncSession, key: SessionKey) -> bytes:
+    row = await s.get(WalletSecret, key.id)
+    assert row is not None
+    return ctx.custody.open(key.id, SealedSecret(row.key_version, row.wrapped_data_key,
+                                                 row.ciphertext))
+
+
+def _key_event(s: AsyncSession, key: SessionKey, type_: str, now: datetime,
+               **extra: Any) -> None:
+    emit(s, merchant_id=key.merchant_id, type=type_, object_type="session_key", object_id=key.id,
+         data={**session_key_view(key), **extra}, now=now)
+
+
+async def create_session_key(ctx: AppContext, principal: Principal,
+                             req: SessionKeyRequest) -> dict[str, Any]:
+    principal.require_merchant("create session keys")
+    now = ctx.now()
+    adapter = ctx.chains.get(req.chain or ctx.settings.default_chain)
+    token = ctx.chains.token(adapter.network.name, req.token)
+    max_amount = parse_amount(req.max_amount, decimals=token.decimals,
+                              max_base_units=token.max_base_units)
+    user_wallet = adapter.validate_address(req.user_wallet)
+    expires_at = resolve_expiry(now, req.expires_at, req.expires_in_seconds, required=True)
+    assert expires_at is not None
+    wallet = adapter.generate_wallet()
+    key_id = new_id("skey")
+    async with ctx.db.transaction() as s:
+        await load_agent(s, principal, req.agent_id)
+        if req.session_id is not None:
+            policy = await load_session(s, principal, req.session_id)
+            _check_linkable(policy.agent_id, policy.status, policy.token_symbol, req.agent_id,
+                            req.token)
+        key = SessionKey(
+            id=key_id, merchant_id=principal.merchant_id, agent_id=req.agent_id,
+            chain=adapter.network.name, token_symbol=token.symbol, token_address=token.address,
+            decimals=token.decimals, user_wallet=user_wallet, address=wallet.address,
+            status=KeyStatus.PENDING_APPROVAL.value, max_amount=max_amount, funded_amount=0,
+            spent_amount=0, held_amount=0, refunded_amount=0, transaction_count=0,
+            policy_session_id=req.session_id, refund_on_close=req.refund_on_close,
+            refund_status=None, refund_tx_id=None, expires_at=expires_at, last_activity_at=None,
+            created_at=now, updated_at=now, revoked_at=None)
+        s.add(key)
+        await s.flush()
+        sealed = ctx.custody.seal(key_id, wallet.secret)
+        s.add(WalletSecret(session_key_id=key_id, key_version=sealed.key_version,
+                           wrapped_data_key=sealed.wrapped_data_key, ciphertext=sealed.ciphertext))
+        approval = await _issue_approval(s, adapter, key, token, "funding", max_amount,
+                                         req.approval_method, now)
+        _key_event(s, key, "session_key.created", now)
+    return session_key_view(key, approval)
+
+
+def _check_linkable(policy_agent: str, policy_status: str, policy_token: str, key_agent: str,
+                    key_token: str) -> None:
+    if policy_agent != key_agent:
+        raise InvalidRequest("the session belongs to another agent", code="session_agent_mismatch")
+    if policy_status != "active":
+        raise Conflict("the session is not active", code="session_not_active")
+    if policy_token != key_token:
+        raise InvalidRequest("the session limits another token", code="token_mismatch")
+
+
+async def _issue_approval(s: AsyncSession, adapter: ChainAdapter, key: SessionKey,
+                          token: TokenInfo, kind: str, amount_base_units: int,
+                          method: str | None, now: datetime) -> Approval:
+    approval_id = new_id("apr")
+    try:
+        issued = await adapter.build_approval(
+            approval_id=approval_id, user_wallet=key.user_wallet, session_wallet=key.address,
+            token=token, amount_base_units=amount_base_units, method=method)
+    except ChainError as exc:
+        raise ZpayError(str(exc), code=exc.code) from exc
+    approval = Approval(id=approval_id, merchant_id=key.merchant_id, session_key_id=key.id,
+                        kind=kind, amount=amount_base_units, method=method, status="pending",
+                        public=issued.public, private=issued.private, expires_at=issued.expires_at,
+                        tx_id=None, created_at=now, confirmed_at=None)
+    s.add(approval)
+    return approval
+
+
+def _signed_digest(signed: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(signed), sort_keys=True).encode()).hexdigest()
+
+
+async def _find_approval(s: AsyncSession, key: SessionKey, approval_id: str | None,
+                         kind: str) -> Approval:
+    stmt = select(Approval).where(Approval.session_key_id == key.id, Approval.kind == kind)
+    if approval_id is not None:
+        stmt = stmt.where(Approval.id == approval_id)
+    approval = (await s.execute(stmt.order_by(Approval.id.desc()).limit(1))).scalar()
+    if approval is None:
+        raise NotFound("no such approval", code="approval_not_found")
+    return approval
+
+
+async def submit_approval(ctx: AppContext, principal: Principal, key_id: str,
+                          signed: Mapping[str, Any], *, approval_id: str | None = None,
+                          kind: str = "funding") -> dict[str, Any]:
+    """Check the user's signed approval, submit it and fund the key. Funds at most once."""
+    principal.require_merchant("submit approvals")
+    now = ctx.now()
+    digest = _signed_digest(signed)
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        approval = await _find_approval(s, key, approval_id, kind)
+        if approval.status == "confirmed":
+            if approval.private.get("signed_digest") == digest:
+                return session_key_view(key)  # the same approval again: funded once
+            raise Conflict("this approval is already confirmed", code="approval_already_used")
+        if approval.status == "submitting":
+            raise Conflict("this approval is being submitted", code="approval_in_flight")
+        if approval.status in ("superseded", "expired"):
+            raise ZpayError("this approval lapsed; ask for a fresh one", code="approval_expired")
+        if not is_live(KeyStatus(key.status)) or now >= key.expires_at:
+            raise Conflict(f"the session key is {key.status}", code="session_key_not_live")
+        approval.status = "submitting"
+    adapter = ctx.chains.get(key.chain)
+    token = token_of(key, adapter)
+    try:
+        receipt = await adapter.submit_approval(
+            issued=IssuedApproval(approval.public, approval.private, approval.expires_at),
+            user_wallet=key.user_wallet, session_wallet=key.address, token=token,
+            amount_base_units=approval.amount, signed=signed)
+    except ChainError as exc:
+        async with ctx.db.transaction() as s:
+            row = await s.get(Approval, approval.id, with_for_update=True)
+            assert row is not None
+            row.status = "expired" if exc.code == "approval_expired" else "pending"
+        raise ZpayError(str(exc), code=exc.code) from exc
+    except BaseException:
+        async with ctx.db.transaction() as s:
+            row = await s.get(Approval, approval.id, with_for_update=True)
+            assert row is not None
+            row.status = "pending"
+        raise
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        row = await s.get(Approval, approval.id, with_for_update=True)
+        assert row is not None
+        row.status, row.tx_id, row.confirmed_at = "confirmed", receipt.tx_id, now
+        row.private = {**row.private, "signed_digest": digest}
+        key.funded_amount += row.amount
+        key.updated_at = now
+        previous = KeyStatus(key.status)
+        if previous in (KeyStatus.PENDING_APPROVAL, KeyStatus.EXHAUSTED):
+            key.status = transition(previous, KeyStatus.ACTIVE).value
+        if previous is KeyStatus.PENDING_APPROVAL:
+            _key_event(s, key, "session_key.activated", now, tx_id=receipt.tx_id)
+        else:
+            _key_event(s, key, "session_key.topped_up", now, tx_id=receipt.tx_id,
+                       top_up_amount=amount(row.amount, key.decimals))
+    return session_key_view(key)
+
+
+async def renew_approval(ctx: AppContext, principal: Principal, key_id: str,
+                         approval_id: str | None = None, kind: str = "funding") -> dict[str, Any]:
+    """A fresh approval for the same amount; the previous one can never be co-signed."""
+    principal.require_merchant("renew approvals")
+    now = ctx.now()
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        old = await _find_approval(s, key, approval_id, kind)
+        if old.status in ("confirmed", "submitting"):
+            raise Conflict(f"the approval is {old.status}", code="approval_not_renewable")
+        if not is_live(KeyStatus(key.status)):
+            raise Conflict(f"the session key is {key.status}", code="session_key_not_live")
+        old.status = "superseded"
+        adapter = ctx.chains.get(key.chain)
+        new = await _issue_approval(s, adapter, key, token_of(key, adapter), kind, old.amount,
+                                    old.method, now)
+    return approval_view(new)
+
+
+async def create_top_up(ctx: AppContext, principal: Principal, key_id: str, amount_text: str,
+                        method: str | None = None) -> dict[str, Any]:
+    principal.require_merchant("top up session keys")
+    now = ctx.now()
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        if key.status not in (KeyStatus.ACTIVE, KeyStatus.EXHAUSTED) or now >= key.expires_at:
+            raise Conflict(f"a {key.status} session key cannot be topped up",
+                           code="session_key_not_live")
+        adapter = ctx.chains.get(key.chain)
+        token = token_of(key, adapter)
+        value = parse_amount(amount_text, decimals=token.decimals,
+                             max_base_units=token.max_base_units)
+        approval = await _issue_approval(s, adapter, key, token, "top_up", value, method, now)
+    return {**approval_view(approval), "session_key_id": key.id,
+            "amount": amount(value, key.decimals)}
+
+
+async def get_status(ctx: AppContext, principal: Principal, key_id: str) -> dict[str, Any]:
+    async with ctx.db.sessions() as s:
+        key = await load_key(s, principal, key_id)
+        approval = None
+        if key.status == KeyStatus.PENDING_APPROVAL:
+            approval = await _find_approval(s, key, None, "funding")
+    body = session_key_view(key, approval)
+    if key.status in (KeyStatus.ACTIVE, KeyStatus.EXHAUSTED, KeyStatus.PENDING_APPROVAL) and (
+        ctx.now() >= key.expires_at
+    ):
+        body["status"] = KeyStatus.EXPIRED.value  # the scheduler has not caught up yet
+    return body
+
+
+async def list_session_keys(ctx: AppContext, principal: Principal, page: Page,
+                            status: str | None = None,
+                            agent_id: str | None = None) -> dict[str, Any]:
+    async with ctx.db.sessions() as s:
+        stmt = select(SessionKey).where(SessionKey.merchant_id == principal.merchant_id)
+        if principal.agent_id is not None:
+            stmt = stmt.where(SessionKey.agent_id == principal.agent_id)
+        if agent_id is not None:
+            stmt = stmt.where(SessionKey.agent_id == agent_id)
+        if status is not None:
+            stmt = stmt.where(SessionKey.status == status)
+        rows = (await s.execute(page.apply(stmt, SessionKey.id))).scalars().all()
+    return page_body(rows, page, session_key_view)
+
+
+async def revoke(ctx: AppContext, principal: Principal, key_id: str) -> dict[str, Any]:
+    principal.require_merchant("revoke session keys")
+    now = ctx.now()
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        key.status = transition(KeyStatus(key.status), KeyStatus.REVOKED).value
+        key.revoked_at = key.updated_at = now
+        if key.refund_on_close:
+            key.refund_status = "pending"
+        _key_event(s, key, "session_key.revoked", now)
+    return session_key_view(key)
+
+
+async def link(ctx: AppContext, principal: Principal, key_id: str,
+               session_id: str) -> dict[str, Any]:
+    principal.require_merchant("link sessions")
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        policy = await load_session(s, principal, session_id)
+        _check_linkable(policy.agent_id, policy.status, policy.token_symbol, key.agent_id,
+                        key.token_symbol)
+        key.policy_session_id, key.updated_at = policy.id, ctx.now()
+    return session_key_view(key)
+
+
+async def unlink(ctx: AppContext, principal: Principal, key_id: str) -> dict[str, Any]:
+    principal.require_merchant("unlink sessions")
+    async with ctx.db.transaction() as s:
+        key = await load_key(s, principal, key_id, lock=True)
+        if key.policy_session_id is None:
+            raise Conflict("the session key is not linked", code="not_linked")
+        key.policy_session_id, key.updated_at = None, ctx.now()
+    return session_key_view(key)
+
+
+async def can_afford(ctx: AppContext, principal: Principal, key_id: str,
+                     amount_text: str, recipient: str | None = None) -> dict[str, Any]:
+    """Authorization step 1 without writing a hold."""
+    now = ctx.now()
+    async with ctx.db.sessions() as s:
+        key = await load_key(s, principal, key_id)
+        adapter = ctx.chains.get(key.chain)
+        token = token_of(key, adapter)
+        value = parse_amount(amount_text, decimals=token.decimals,
+                             max_base_units=token.max_base_units)
+        policy = None
+        if key.policy_session_id is not None:
+            row = await load_session(s, principal, key.policy_session_id)
+            policy = await policy_state(s, row, now)
+    target = adapter.validate_address(recipient) if recipient else None
+    decision = authorize(value, key=key_state(key), policy=policy, recipient=target,
+                         chain=key.chain, now=now)
+    reason = decision.reason
+    d = key.decimals
+    remaining = decision.window_remaining
+    return {
+        "object": "can_afford", "session_key_id": key.id, "amount": amount(value, d),
+        "allowed": reason == "approved", "reason": reason,
+        "effective_limit": amount(decision.effective_limit, d),
+        "session_key_remaining": amount(decision.session_key_remaining, d),
+        "session_remaining_today": amount(remaining[Window.DAY], d),
+        "session_remaining_week": amount(remaining[Window.WEEK], d),
+        "session_remaining_month": amount(remaining[Window.MONTH], d),
+        "linked_session_id": key.policy_session_id,
+    }
+
+
+async def list_attempts(ctx: AppContext, principal: Principal, key_id: str,
+                        page: Page) -> dict[str, Any]:
+    async with ctx.db.sessions() as s:
+        key = await load_key(s, principal, key_id)
+        stmt = select(PaymentAttempt).where(PaymentAttempt.session_key_id == key.id)
+        rows = (await s.execute(page.apply(stmt, PaymentAttempt.id))).scalars().all()
+    return page_body(rows, page, lambda a: attempt_view(a, key.decimals))

@@ -1,0 +1,74 @@
+"""One typed settings object, built once from `ZPAY_*` environment variables and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///./.zpay/zpay.db"
+    data_dir: Path = Path("./.zpay")
+    # base64 of 32 bytes; empty on a local network = a key file is created in data_dir
+    master_key: str = field(default="", repr=False)
+    master_key_version: int = 1
+    # "version:base64,version:base64" — older master keys still able to unwrap data keys
+    previous_master_keys: str = field(default="", repr=False)
+    default_chain: str = "solana-local"
+    chains: tuple[str, ...] = ("solana-local",)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    scheduler_enabled: bool = True
+    scheduler_interval_s: float = 1.0
+    webhooks_allow_private: bool = False
+    webhook_timeout_s: float = 10.0
+    confirm_timeout_s: float = 30.0
+    solana_commitment: str = "confirmed"
+    solana_fee_payer_key: str = field(default="", repr=False)  # base58 64-byte keypair
+    evm_relayer_key: str = field(default="", repr=False)  # 0x hex
+    idempotency_ttl_s: int = 24 * 3600
+    log_level: str = "INFO"
+    db_pool_size: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"ZPAY_{name}", default)
+
+        data_dir = Path(get("DATA_DIR", "./.zpay"))
+        chains = tuple(c.strip() for c in get("CHAINS", "solana-local").split(",") if c.strip())
+        return cls(
+            database_url=get("DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'zpay.db'}"),
+            data_dir=data_dir,
+            master_key=get("MASTER_KEY", ""),
+            master_key_version=int(get("MASTER_KEY_VERSION", "1")),
+            previous_master_keys=get("PREVIOUS_MASTER_KEYS", ""),
+            default_chain=get("DEFAULT_CHAIN", chains[0] if chains else "solana-local"),
+            chains=chains,
+            host=get("HOST", "127.0.0.1"),
+            port=int(get("PORT", "8000")),
+            scheduler_enabled=_bool(get("SCHEDULER", "1")),
+            scheduler_interval_s=float(get("SCHEDULER_INTERVAL_S", "1.0")),
+            webhooks_allow_private=_bool(get("WEBHOOKS_ALLOW_PRIVATE", "0")),
+            webhook_timeout_s=float(get("WEBHOOK_TIMEOUT_S", "10")),
+            confirm_timeout_s=float(get("CONFIRM_TIMEOUT_S", "30")),
+            solana_commitment=get("SOLANA_COMMITMENT", "confirmed"),
+            solana_fee_payer_key=get("SOLANA_FEE_PAYER_KEY", ""),
+            evm_relayer_key=get("EVM_RELAYER_KEY", ""),
+            idempotency_ttl_s=int(get("IDEMPOTENCY_TTL_S", str(24 * 3600))),
+            log_level=get("LOG_LEVEL", "INFO"),
+            db_pool_size=int(get("DB_POOL_SIZE", "20")),
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

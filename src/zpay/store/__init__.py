@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, column types, engine and unit of work, Alembic migrations."""

@@ -1,0 +1,97 @@
+"""Engine and unit of work.
+
+Every state change runs in one explicit transaction (`async with db.transaction() as s`).
+On SQLite each transaction starts with BEGIN IMMEDIATE, so writers serialize; on
+PostgreSQL the services lock the rows they change with SELECT … FOR UPDATE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+class NotMigrated(RuntimeError):
+    pass
+
+
+def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 60}, pool_size=pool_size,
+                                     max_overflow=pool_size)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                               pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        self.url = url
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One unit of work: commits on success (before the caller answers), rolls back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def current_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            try:
+                row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+            except Exception:
+                return None
+            return row[0] if row else None
+
+    async def ensure_migrated(self) -> None:
+        from zpay.store.migrate import head_revision
+
+        current, head = await self.current_revision(), head_revision()
+        if current != head:
+            raise NotMigrated(
+                f"the database at {self.safe_url} is not migrated (at {current or 'nothing'}, "
+                f"need {head}); run `zpay db upgrade` first"
+            )
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def make_null_pool_engine(url: str) -> AsyncEngine:
+    return create_async_engine(url, poolclass=NullPool)
