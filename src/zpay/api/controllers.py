@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 
 from zpay.api.errors import PROBLEM, problem_for
 from zpay.api.schemas import (
@@ -165,7 +165,7 @@ class PaymentController(Controller):
     @post()
     async def create(
         self, data: PaymentCreate, ctx: AppContext, principal: Principal,
-        idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+        idempotency_key: str | None = HeaderParameter(name="Idempotency-Key", default=None),
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
         fields = _fields(data)
