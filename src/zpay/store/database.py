@@ -7,6 +7,7 @@ PostgreSQL the services lock the rows they change with SELECT … FOR UPDATE.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,14 +49,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers take no write lock; every unit of work that may write serializes up front.
+        read_only = connection.get_execution_options().get("zpay_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # `sessions()` is for reads only (no write lock on SQLite); writes use `transaction()`.
+        self.sessions = async_sessionmaker(
+            self.engine.execution_options(zpay_read_only=True), expire_on_commit=False)
+        self._writers = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -64,7 +71,13 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits on success (before the caller answers), rolls back on error."""
-        async with self.sessions() as session, session.begin():
+        if self._write_lock is None:
+            async with self._writers() as session, session.begin():
+                yield session
+            return
+        # SQLite admits one writer; queueing here, in order, beats SQLite's busy handler,
+        # which polls with sleeps of up to 100 ms. Other processes still wait on the file lock.
+        async with self._write_lock, self._writers() as session, session.begin():
             yield session
 
     async def current_revision(self) -> str | None:
