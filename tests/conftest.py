@@ -14,8 +14,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import uvicorn
 
+from tests.support import free_port, serve
+from zpay.services.context import AppContext
 from zpay.settings import Settings
 from zpay.store.migrate import upgrade
 
@@ -24,12 +25,6 @@ TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "events
           "payment_attempts", "idempotency_records", "payments", "approvals", "wallet_secrets",
           "session_keys", "policy_sessions", "agents", "api_keys", "merchants",
           "chain_instances")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +91,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def ctx(settings: Settings) -> AsyncIterator[object]:
+async def ctx(settings: Settings) -> AsyncIterator[AppContext]:
     from zpay.api.app import build_context
 
     context = await build_context(settings)
@@ -108,20 +103,7 @@ async def ctx(settings: Settings) -> AsyncIterator[object]:
 
 
 @pytest.fixture
-async def served(ctx: object) -> AsyncIterator[str]:
+async def served(ctx: AppContext) -> AsyncIterator[str]:
     """The app served by uvicorn on a loopback port: real HTTP."""
-    from zpay.api.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(context=ctx), host="127.0.0.1",  # type: ignore[arg-type]
-                                           port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-        if task.done():
-            task.result()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(ctx) as url:
+        yield url

@@ -3,13 +3,44 @@
 from __future__ import annotations
 
 import uuid
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 
 from zpay.client.wallet import SolanaWallet
 from zpay.services.context import AppContext
 from zpay.services.merchants import create_merchant
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(ctx: AppContext) -> AsyncIterator[str]:
+    """Serve the app for `ctx` with uvicorn on a loopback port, in this event loop."""
+    from zpay.api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(context=ctx), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+        if task.done():
+            task.result()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 class Api:

@@ -18,6 +18,7 @@ async def pair_local_chain(ctx: AppContext, adapter: ChainAdapter) -> None:
     if instance_id is None or not adapter.network.local:
         return
     name = adapter.network.name
+    state_dir = ctx.settings.data_dir / "chains" / name
     async with ctx.db.transaction() as s:
         row = await s.get(ChainInstance, name)
         if row is None:
@@ -26,11 +27,11 @@ async def pair_local_chain(ctx: AppContext, adapter: ChainAdapter) -> None:
             if books:
                 raise ChainPairingError(
                     f"the database holds {books} session keys on {name}, but the local chain "
-                    f"state is new; restore the chain state directory "
-                    f"({ctx.settings.data_dir / 'chains' / name}) or use a fresh database")
+                    f"state is new; restore the chain state directory ({state_dir}) or use a "
+                    f"fresh database")
             s.add(ChainInstance(network=name, instance_id=instance_id, created_at=ctx.now()))
         elif row.instance_id != instance_id:
             raise ChainPairingError(
                 f"the database belongs to another {name} instance ({row.instance_id}) than the "
-                f"chain state found ({instance_id}); refusing to start so books and chain "
-                f"cannot diverge")
+                f"chain state directory {state_dir} holds ({instance_id}); refusing to start "
+                f"so books and chain cannot diverge")
