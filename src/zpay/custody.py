@@ -70,7 +70,9 @@ class Custody:
         master = self._keys.get(sealed.key_version)
         if master is None:
             raise CustodyError(f"no master key of version {sealed.key_version} is configured")
-        data_key = _open(master, sealed.wrapped_data_key, _aad(wallet_id, "dek", sealed.key_version))
+        data_key = _open(
+            master, sealed.wrapped_data_key, _aad(wallet_id, "dek", sealed.key_version)
+        )
         return _open(data_key, sealed.ciphertext, _aad(wallet_id, "secret", _DATA_KEY_VERSION))
 
     def rewrap(self, wallet_id: str, sealed: SealedSecret) -> SealedSecret:
@@ -78,7 +80,9 @@ class Custody:
         if sealed.key_version == self.current_version:
             return sealed
         master = self._keys[sealed.key_version]
-        data_key = _open(master, sealed.wrapped_data_key, _aad(wallet_id, "dek", sealed.key_version))
+        data_key = _open(
+            master, sealed.wrapped_data_key, _aad(wallet_id, "dek", sealed.key_version)
+        )
         version = self.current_version
         wrapped = _seal(self._keys[version], data_key, _aad(wallet_id, "dek", version))
         return SealedSecret(version, wrapped, sealed.ciphertext)

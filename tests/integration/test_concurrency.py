@@ -82,7 +82,7 @@ async def test_idempotency_records_are_kept_a_day(ctx: AppContext, served: str) 
 
     async with httpx.AsyncClient(base_url=served, timeout=30) as http:
         api = await merchant_api(ctx, http)
-        agent, key, _ = await active_key(api, ctx, max_amount="5")
+        _, key, _ = await active_key(api, ctx, max_amount="5")
         idem = str(uuid.uuid4())
         assert (await api.pay(key["id"], "1", str(Keypair().pubkey()), idem=idem)
                 ).status_code == 201

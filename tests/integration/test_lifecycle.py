@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from solders.keypair import Keypair
 
-from tests.support import Api, active_key, funded_user, merchant_api
+from tests.support import active_key, funded_user, merchant_api
 from zpay.services.context import AppContext
 
 
@@ -20,16 +20,25 @@ async def test_full_lifecycle_over_http(ctx: AppContext, served: str) -> None:
         agent = await api.ok("POST", "/v1/agents", {"name": "shopper"})
         assert agent["token"].startswith("agent_test_")
         user = await funded_user(ctx, 100 * 10**6)
-        key = await api.ok("POST", "/v1/session-keys", {
-            "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "30",
-            "expires_in_seconds": 3600}, status=201)
+        key = await api.ok(
+            "POST",
+            "/v1/session-keys",
+            {
+                "agent_id": agent["id"],
+                "user_wallet": user.address,
+                "max_amount": "30",
+                "expires_in_seconds": 3600,
+            },
+            status=201,
+        )
         assert key["status"] == "pending_approval"
         assert key["max_amount"] == "30.000000"
         assert key["approval_transaction"] and key["session_key_address"]
         assert await chain_balance(ctx, key["session_key_address"]) == 0
 
-        status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval",
-                              user.sign_approval(key))
+        status = await api.ok(
+            "POST", f"/v1/session-keys/{key['id']}/approval", user.sign_approval(key)
+        )
         assert status["status"] == "active"
         assert await chain_balance(ctx, key["session_key_address"]) == 30 * 10**6
         assert await chain_balance(ctx, user.address) == 70 * 10**6
@@ -57,11 +66,17 @@ async def test_full_lifecycle_over_http(ctx: AppContext, served: str) -> None:
 
         # a top-up with its own approval makes the exhausted key active again
         top_up = await api.ok("POST", f"/v1/session-keys/{key['id']}/top-ups", {"amount": "5"})
-        status = await api.ok("POST", f"/v1/session-keys/{key['id']}/top-ups/{top_up['id']}/approval",
-                              user.sign_approval(top_up))
+        status = await api.ok(
+            "POST",
+            f"/v1/session-keys/{key['id']}/top-ups/{top_up['id']}/approval",
+            user.sign_approval(top_up),
+        )
         assert status["status"] == "active"
         assert (status["funded_amount"], status["spent_amount"], status["remaining_amount"]) == (
-            "35.000000", "30.000000", "5.000000")
+            "35.000000",
+            "30.000000",
+            "5.000000",
+        )
         assert await chain_balance(ctx, key["session_key_address"]) == 5 * 10**6
 
         attempts = await api.ok("GET", f"/v1/session-keys/{key['id']}/attempts")
@@ -70,8 +85,12 @@ async def test_full_lifecycle_over_http(ctx: AppContext, served: str) -> None:
 
         events = await api.ok("GET", "/v1/events", object_id=key["id"])
         types = {e["type"] for e in events["data"]}
-        assert {"session_key.created", "session_key.activated", "session_key.exhausted",
-                "session_key.topped_up"} <= types
+        assert {
+            "session_key.created",
+            "session_key.activated",
+            "session_key.exhausted",
+            "session_key.topped_up",
+        } <= types
 
         listing = await api.ok("GET", "/v1/session-keys", limit=1)
         assert listing["data"][0]["id"] == key["id"] and listing["has_more"] is False
@@ -87,11 +106,15 @@ async def test_linked_policy_example(ctx: AppContext, served: str) -> None:
     async with httpx.AsyncClient(base_url=served, timeout=30) as http:
         api = await merchant_api(ctx, http)
         agent = await api.ok("POST", "/v1/agents", {"name": "shopper"})
-        session = await api.ok("POST", "/v1/sessions", {
-            "agent_id": agent["id"], "max_per_transaction": "25", "max_per_day": "100"})
+        session = await api.ok(
+            "POST",
+            "/v1/sessions",
+            {"agent_id": agent["id"], "max_per_transaction": "25", "max_per_day": "100"},
+        )
         assert session["token"].startswith("as_test_")
-        _, key, _ = await active_key(api, ctx, max_amount="500", agent=agent,
-                                     session_id=session["id"])
+        _, key, _ = await active_key(
+            api, ctx, max_amount="500", agent=agent, session_id=session["id"]
+        )
         agent_api = api.as_(agent["token"])
         to = str(Keypair().pubkey())
 
@@ -104,8 +127,7 @@ async def test_linked_policy_example(ctx: AppContext, served: str) -> None:
         resp = await agent_api.pay(key["id"], "25", to)
         assert (resp.status_code, resp.json()["code"]) == (402, "daily_limit")
 
-        check = await agent_api.ok("GET", f"/v1/session-keys/{key['id']}/can-afford",
-                                   amount="1")
+        check = await agent_api.ok("GET", f"/v1/session-keys/{key['id']}/can-afford", amount="1")
         assert check["allowed"] is False and check["reason"] == "daily_limit"
         assert check["session_key_remaining"] == "400.000000"
         assert check["session_remaining_today"] == "0.000000"
@@ -134,13 +156,17 @@ async def test_design_example_as_written(ctx: AppContext, served: str) -> None:
     async with httpx.AsyncClient(base_url=served, timeout=30) as http:
         api = await merchant_api(ctx, http)
         agent = await api.ok("POST", "/v1/agents", {"name": "shopper"})
-        session = await api.ok("POST", "/v1/sessions", {
-            "agent_id": agent["id"], "max_per_transaction": "50", "max_per_day": "100"})
+        session = await api.ok(
+            "POST",
+            "/v1/sessions",
+            {"agent_id": agent["id"], "max_per_transaction": "50", "max_per_day": "100"},
+        )
         _, key, _ = await active_key(api, ctx, agent=agent, session_id=session["id"])
         to = str(Keypair().pubkey())
         agent_api = api.as_(agent["token"])
         assert (await agent_api.pay(key["id"], "500", to)).json()["code"] == (
-            "per_transaction_limit")
+            "per_transaction_limit"
+        )
         assert (await agent_api.pay(key["id"], "50", to)).status_code == 201
         assert (await agent_api.pay(key["id"], "50", to)).status_code == 201
         assert (await agent_api.pay(key["id"], "50", to)).json()["code"] == "daily_limit"
@@ -150,10 +176,12 @@ async def test_session_limits_count_every_linked_key(ctx: AppContext, served: st
     async with httpx.AsyncClient(base_url=served, timeout=30) as http:
         api = await merchant_api(ctx, http)
         agent = await api.ok("POST", "/v1/agents", {"name": "shopper"})
-        session = await api.ok("POST", "/v1/sessions", {"agent_id": agent["id"],
-                                                        "max_per_day": "10"})
-        _, k1, _ = await active_key(api, ctx, max_amount="10", agent=agent,
-                                    session_id=session["id"])
+        session = await api.ok(
+            "POST", "/v1/sessions", {"agent_id": agent["id"], "max_per_day": "10"}
+        )
+        _, k1, _ = await active_key(
+            api, ctx, max_amount="10", agent=agent, session_id=session["id"]
+        )
         _, k2, _ = await active_key(api, ctx, max_amount="10", agent=agent)
         await api.ok("POST", f"/v1/session-keys/{k2['id']}/link", {"session_id": session["id"]})
         to = str(Keypair().pubkey())

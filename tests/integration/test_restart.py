@@ -21,7 +21,7 @@ async def test_state_survives_restart_and_fresh_chain_is_refused(settings: Setti
     try:
         async with serve(ctx) as url, httpx.AsyncClient(base_url=url) as client:
             api = await merchant_api(ctx, client)
-            _, key, user = await active_key(api, ctx, max_amount="10")
+            _, key, _ = await active_key(api, ctx, max_amount="10")
             to = str(Keypair().pubkey())
             assert (await api.pay(key["id"], "4", to)).status_code == 201
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
@@ -165,7 +165,7 @@ class PaymentController(Controller):
     @post()
     async def create(
         self, data: PaymentCreate, ctx: AppContext, principal: Principal,
-        idempotency_key: str | None = HeaderParameter(name="Idempotency-Key", default=None),
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
         fields = _fields(data)

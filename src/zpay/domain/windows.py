@@ -55,8 +55,11 @@ class WindowSpec:
             end = _add_local_days(start, 7)
         else:
             start = midnight.replace(day=1)
-            end = (start.replace(year=start.year + 1, month=1) if start.month == 12
-                   else start.replace(month=start.month + 1))
+            end = (
+                start.replace(year=start.year + 1, month=1)
+                if start.month == 12
+                else start.replace(month=start.month + 1)
+            )
         return start.astimezone(UTC), end.astimezone(UTC)
 
     def earliest_start(self, now: datetime) -> datetime:
@@ -83,7 +86,9 @@ class WindowUsage:
     resets_at: datetime | None  # calendar: the boundary; rolling: when the oldest spend ages out
 
 
-def window_usage(spec: WindowSpec, spends: Iterable[Spend], now: datetime) -> dict[Window, WindowUsage]:
+def window_usage(
+    spec: WindowSpec, spends: Iterable[Spend], now: datetime
+) -> dict[Window, WindowUsage]:
     spends = list(spends)
     usage: dict[Window, WindowUsage] = {}
     for window in Window:

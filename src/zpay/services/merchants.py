@@ -24,6 +24,14 @@ async def create_merchant(ctx: AppContext, name: str, environment: str = "test")
         merchant = Merchant(id=new_id("mer"), name=name, environment=environment, created_at=now)
         s.add(merchant)
         await s.flush()
-        s.add(ApiKey(id=new_id("key"), merchant_id=merchant.id, token_hash=tokens.token_hash(secret),
-                     hint=tokens.hint(secret), created_at=now, revoked_at=None))
+        s.add(
+            ApiKey(
+                id=new_id("key"),
+                merchant_id=merchant.id,
+                token_hash=tokens.token_hash(secret),
+                hint=tokens.hint(secret),
+                created_at=now,
+                revoked_at=None,
+            )
+        )
     return CreatedMerchant(merchant.id, name, secret)
