@@ -18,12 +18,18 @@ async def build_adapter(name: str, settings: Settings) -> ChainAdapter:
             return SolanaAdapter.local(spec, state_dir=_state_dir(settings, name))
         import base58
 
-        return SolanaAdapter.rpc(spec, fee_payer_secret=base58.b58decode(
-            settings.solana_fee_payer_key), commitment=settings.solana_commitment,
-            confirm_timeout_s=settings.confirm_timeout_s)
-    from zpay.chains.evm_factory import build_evm_adapter
+        return SolanaAdapter.rpc(
+            spec,
+            fee_payer_secret=base58.b58decode(settings.solana_fee_payer_key),
+            commitment=settings.solana_commitment,
+            confirm_timeout_s=settings.confirm_timeout_s,
+        )
+    from zpay.chains.evm import EvmAdapter, EvmOptions
 
-    return await build_evm_adapter(spec, settings, _state_dir(settings, name))
+    options = None if spec.info.local else EvmOptions(confirm_timeout_s=settings.confirm_timeout_s)
+    return await EvmAdapter.open(
+        spec, settings.evm_relayer_key, state_dir=_state_dir(settings, name), options=options
+    )
 
 
 def _state_dir(settings: Settings, name: str) -> Path:

@@ -65,6 +65,14 @@ class ChainUnavailable(ChainError):
     code = "chain_unavailable"
 
 
+class ConfirmationTimeout(ChainError):
+    """Submitted, but not confirmed within the timeout: it MAY still confirm. Unlike the
+    other errors this does not mean "nothing moved"; repeat the same call (it is
+    idempotent) or reconcile from the chain."""
+
+    code = "confirmation_timeout"
+
+
 class Family(enum.StrEnum):
     SOLANA = "solana"
     EVM = "evm"
