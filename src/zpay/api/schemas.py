@@ -49,8 +49,12 @@ class SessionKeyCreate(Body):
 
 
 class ApprovalSubmit(Body):
+    """Solana: `signed_transaction` (base64). EVM: `signature` over the EIP-712 typed data
+    (optionally with the `typed_data` the wallet signed), or a `signed_transaction` (0x hex)."""
+
     signed_transaction: str | None = None
     signature: str | None = None
+    typed_data: dict[str, Any] | None = None
 
     def signed(self) -> dict[str, Any]:
         return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
