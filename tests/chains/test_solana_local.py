@@ -1,0 +1,221 @@
+"""The embedded solana-local network: persistence across restarts, one owner at a time,
+local-only flows."""
+
+from __future__ import annotations
+
+import json
+import stat
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from tests.chains.solana_support import open_env, wallet_sign
+from zpay.chains import solana_local
+from zpay.chains.protocol import (
+    ChainUnavailable,
+    FlowNotSupported,
+    TransferFailed,
+    TransferState,
+)
+from zpay.chains.registry import get_network
+from zpay.chains.solana import SolanaAdapter
+from zpay.chains.solana_local import LEDGER_FILE, STATE_FILE, LocalChain
+from zpay.chains.solana_tx import associated_token_address
+
+USDC = 10**6
+
+
+async def test_state_survives_a_restart(tmp_path: Path) -> None:
+    user, merchant = Keypair(), str(Keypair().pubkey())
+    async with open_env("local", tmp_path) as env:
+        instance_id, mint = env.adapter.instance_id, env.usdc.address
+        fee_payer = env.adapter.fee_payer_address
+        await env.fund(str(user.pubkey()), 100 * USDC)
+        session = env.adapter.generate_wallet()
+        await env.approve(user, session.address, 60 * USDC)
+        paid = await env.adapter.prepare_transfer(
+            secret=session.secret,
+            source=session.address,
+            destination=merchant,
+            token=env.usdc,
+            amount_base_units=15 * USDC,
+            reference_seed="pay_1",
+        )
+        await env.adapter.submit_transfer(paid)
+        env.advance_blockhash()
+        # issued and prepared before the restart, used after it
+        later_user = Keypair()
+        await env.fund(str(later_user.pubkey()), 9 * USDC)
+        later_session = env.adapter.generate_wallet()
+        pending_approval = await env.adapter.build_approval(
+            approval_id="ap_later",
+            user_wallet=str(later_user.pubkey()),
+            session_wallet=later_session.address,
+            token=env.usdc,
+            amount_base_units=9 * USDC,
+        )
+        unsent = await env.adapter.prepare_transfer(
+            secret=session.secret,
+            source=session.address,
+            destination=merchant,
+            token=env.usdc,
+            amount_base_units=5 * USDC,
+            reference_seed="pay_2",
+        )
+        balances = await env.balances(str(user.pubkey()), session.address, merchant)
+        lamports = await env.adapter.fee_payer_lamports()
+    assert balances == [40 * USDC, 45 * USDC, 15 * USDC]
+
+    async with open_env("local", tmp_path) as env:
+        assert env.adapter.instance_id == instance_id
+        assert await env.adapter.chain_instance_id() == instance_id
+        assert env.usdc.address == mint
+        assert env.adapter.fee_payer_address == fee_payer
+        assert await env.balances(str(user.pubkey()), session.address, merchant) == balances
+        assert await env.adapter.fee_payer_lamports() == lamports
+        # history survived: the landed transfer is confirmed and is never replayed
+        assert (await env.adapter.transfer_status(paid.reference)).state is TransferState.CONFIRMED
+        await env.adapter.submit_transfer(paid)
+        assert await env.balances(merchant) == [15 * USDC]
+        # the blockhash survived too: what was issued or prepared before still works
+        await env.adapter.submit_transfer(unsent)
+        await env.adapter.submit_approval(
+            issued=pending_approval,
+            user_wallet=str(later_user.pubkey()),
+            session_wallet=later_session.address,
+            token=env.usdc,
+            amount_base_units=9 * USDC,
+            signed=wallet_sign(pending_approval, later_user),
+        )
+        assert await env.balances(merchant, later_session.address) == [20 * USDC, 9 * USDC]
+        # and it keeps persisting after a restart; a transfer prepared against a blockhash
+        # that lapsed before the restart stays dead after it
+        stale = await env.adapter.prepare_transfer(
+            secret=session.secret,
+            source=session.address,
+            destination=merchant,
+            token=env.usdc,
+            amount_base_units=USDC,
+            reference_seed="stale",
+        )
+        env.advance_blockhash()
+        blockhash = env.chain.latest_blockhash().blockhash
+        after = await env.balances(session.address, merchant, later_session.address)
+
+    async with open_env("local", tmp_path) as env:
+        assert env.adapter.instance_id == instance_id
+        assert env.chain.latest_blockhash().blockhash == blockhash
+        assert await env.balances(session.address, merchant, later_session.address) == after
+        with pytest.raises(TransferFailed, match="lapsed"):
+            await env.adapter.submit_transfer(stale)
+        assert await env.balances(merchant) == [after[1]]
+
+
+async def test_a_fresh_state_dir_is_a_new_instance(tmp_path: Path) -> None:
+    async with open_env("local", tmp_path / "a") as a, open_env("local", tmp_path / "b") as b:
+        assert a.adapter.instance_id != b.adapter.instance_id
+        assert a.usdc.address != b.usdc.address
+
+
+async def test_one_owner_at_a_time(tmp_path: Path) -> None:
+    async with open_env("local", tmp_path):
+        with pytest.raises(ChainUnavailable) as err:
+            SolanaAdapter.local(get_network("solana-local"), tmp_path)
+        assert err.value.code == "chain_state_locked"
+    # released on close
+    adapter = SolanaAdapter.local(get_network("solana-local"), tmp_path)
+    await adapter.close()
+
+
+async def test_torn_ledger_tail_is_dropped(tmp_path: Path) -> None:
+    owner = str(Keypair().pubkey())
+    async with open_env("local", tmp_path) as env:
+        await env.fund(owner, 3 * USDC)
+    with open(tmp_path / LEDGER_FILE, "ab") as ledger:
+        ledger.write(b"\x40\x00\x00\x00\xde\xad")  # a frame header and half a payload
+    async with open_env("local", tmp_path) as env:
+        assert await env.balances(owner) == [3 * USDC]
+        await env.fund(owner, 1 * USDC)
+    async with open_env("local", tmp_path) as env:
+        assert await env.balances(owner) == [4 * USDC]
+
+
+async def test_state_file_is_private_and_errors_do_not_echo_it(tmp_path: Path) -> None:
+    async with open_env("local", tmp_path):
+        pass
+    state_file = tmp_path / STATE_FILE
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    document = json.loads(state_file.read_text())
+    secret = document["fee_payer_secret"]
+    document["faucet_secret"] = "zz" + secret  # not hex
+    state_file.write_text(json.dumps(document))
+    with pytest.raises(ChainUnavailable) as err:
+        SolanaAdapter.local(get_network("solana-local"), tmp_path)
+    assert err.value.code == "chain_state_corrupt"
+    assert secret not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+async def test_faucet_refused_on_a_network_that_is_not_local() -> None:
+    spec = get_network("solana-local")
+    not_local = type(spec)(
+        info=type(spec.info)(**{**spec.info.__dict__, "local": False}),
+        rpc_url=spec.rpc_url,
+        tokens=spec.tokens,
+        raw=spec.raw,
+    )
+    adapter = SolanaAdapter.local(not_local, None)
+    try:
+        with pytest.raises(FlowNotSupported):
+            await adapter.faucet(str(Keypair().pubkey()), adapter.token("USDC"), 1)
+    finally:
+        await adapter.close()
+    devnet = SolanaAdapter.rpc(get_network("solana-devnet"), bytes(Keypair()))
+    try:
+        with pytest.raises(FlowNotSupported):
+            await devnet.faucet(str(Keypair().pubkey()), devnet.token("USDC"), 1)
+        assert devnet.token("USDC").address == "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU"
+    finally:
+        await devnet.close()
+
+
+async def test_closed_chain_is_unavailable() -> None:
+    adapter = SolanaAdapter.local(get_network("solana-local"), None)
+    await adapter.close()
+    with pytest.raises(ChainUnavailable):
+        await adapter.balance(str(Keypair().pubkey()), adapter.token("USDC"))
+
+
+async def test_ledger_is_compacted_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(solana_local, "_COMPACT_MIN_BYTES", 0)
+    monkeypatch.setattr(solana_local, "_COMPACT_RATIO", 1)
+    owners = [str(Keypair().pubkey()) for _ in range(5)]
+    async with open_env("local", tmp_path) as env:
+        for i, owner in enumerate(owners):
+            await env.fund(owner, (i + 1) * USDC)
+        # every append outgrew the snapshot, so the file is always one fresh snapshot
+        ledger = (tmp_path / LEDGER_FILE).read_bytes()
+        assert struct.unpack_from("<I", ledger)[0] == len(ledger) - 8
+    async with open_env("local", tmp_path) as env:
+        assert await env.balances(*owners) == [(i + 1) * USDC for i in range(5)]
+
+
+def test_local_chain_is_safe_to_share_between_threads() -> None:
+    chain = LocalChain(None, tokens={"USDC": 6})
+    mint = Pubkey.from_string(chain.mint_address("USDC"))
+    owner = Keypair().pubkey()
+
+    def mint_some(_: int) -> str:
+        return chain.faucet_mint(owner, mint, 1)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tx_ids = list(pool.map(mint_some, range(200)))
+    assert len(set(tx_ids)) == 200
+    account = chain.get_account(associated_token_address(owner, mint))
+    assert account is not None
+    assert int.from_bytes(account.data[64:72], "little") == 200
+    chain.close()
