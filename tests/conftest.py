@@ -7,15 +7,14 @@ import base64
 import os
 import secrets
 import shutil
-import socket
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.support import free_port, serve
+from tests.support import serve
 from zpay.services.context import AppContext
 from zpay.settings import Settings
 from zpay.store.migrate import upgrade

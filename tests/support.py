@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
