@@ -166,6 +166,8 @@ class Payment(Base):
     description: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(16))
     tx_reference: Mapped[str | None] = mapped_column(String(200))
+    # The signed transfer, kept so reconciliation can re-send exactly it after a crash.
+    tx_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     tx_id: Mapped[str | None] = mapped_column(String(200))
     failure_code: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

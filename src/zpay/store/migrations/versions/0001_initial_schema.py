@@ -275,6 +275,7 @@ def upgrade() -> None:
     sa.Column('description', sa.String(length=500), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('tx_reference', sa.String(length=200), nullable=True),
+    sa.Column('tx_payload', sa.LargeBinary(), nullable=True),
     sa.Column('tx_id', sa.String(length=200), nullable=True),
     sa.Column('failure_code', sa.String(length=64), nullable=True),
     sa.Column('idempotency_key', sa.String(length=255), nullable=True),
