@@ -40,7 +40,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_database(worker: str) -> Iterator[str]:
-    name = f"zpay_test_{worker}"
+    # Unique per run, so concurrent runs on one server never share a database.
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", secrets.token_hex(4))[:8]
+    name = f"zpay_test_{run_id}_{worker}"
 
     async def recreate() -> None:
         conn = await asyncpg.connect(f"{PG_DSN}/postgres")
@@ -58,6 +60,16 @@ def pg_database(worker: str) -> Iterator[str]:
     with ThreadPoolExecutor(1) as pool:
         pool.submit(setup).result()
     yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(f"{PG_DSN}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, drop()).result()
 
 
 async def _truncate(name: str) -> None:
