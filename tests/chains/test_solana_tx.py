@@ -29,7 +29,9 @@ from zpay.chains.protocol import (
 )
 from zpay.chains.solana_tx import Refusal
 
-FEE_PAYER, USER, SESSION, MINT = Keypair(), Keypair(), Keypair(), Keypair().pubkey()
+# Fixed seeds: parametrized ids must be the same in every pytest-xdist worker.
+FEE_PAYER, USER, SESSION = (Keypair.from_seed(bytes([i]) * 32) for i in (1, 2, 3))
+MINT = Keypair.from_seed(bytes([4]) * 32).pubkey()
 BLOCKHASH = Hash.new_unique()
 
 
