@@ -111,7 +111,8 @@ async def test_linked_policy_example(ctx: AppContext, served: str) -> None:
             "/v1/sessions",
             {"agent_id": agent["id"], "max_per_transaction": "25", "max_per_day": "100"},
         )
-        assert session["token"].startswith("as_test_")
+        assert session["access_token"].startswith("as_test_")
+        assert session["token"] == "USDC"
         _, key, _ = await active_key(
             api, ctx, max_amount="500", agent=agent, session_id=session["id"]
         )

@@ -15,6 +15,7 @@ from zpay.api import controllers
 from zpay.api.deps import provide_ctx, provide_page, provide_principal
 from zpay.api.errors import handle_exception
 from zpay.api.events import EventController
+from zpay.api.webhooks import WebhookController
 from zpay.services.context import AppContext
 from zpay.settings import Settings
 
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
             yield
         finally:
             if scheduler is not None:
-                scheduler.shutdown(wait=False)
+                await scheduler.stop()
             if context is None:
                 await ctx.chains.close()
                 await ctx.db.dispose()
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     handlers: list[Any] = [
         controllers.AgentController, controllers.SessionController,
         controllers.SessionKeyController, controllers.PaymentController,
-        controllers.FaucetController, EventController, controllers.health,
+        controllers.FaucetController, EventController, WebhookController, controllers.health,
     ]
     return Litestar(
         route_handlers=handlers,

@@ -14,7 +14,7 @@ EVENT_TYPES = (
     "session_key.created", "session_key.activated", "session_key.exhausted",
     "session_key.expired", "session_key.revoked", "session_key.topped_up",
     "session_key.refunded", "session.created", "session.expired", "session.revoked",
-    "payment.succeeded", "payment.failed",
+    "payment.succeeded", "payment.failed", "webhook_endpoint.disabled",
 )
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 from sqlalchemy import Select
 
 from zpay.domain.errors import InvalidRequest
 
 T = TypeVar("T")
-S = TypeVar("S", bound=Select[Unpack[tuple[Any, ...]]])
+S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 MAX_LIMIT = 100
 
 

@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zpay.chains.protocol import ChainError, ChainUnavailable, TransferState, TransferStatus
+from zpay.chains.protocol import (
+    ChainError,
+    ChainUnavailable,
+    ConfirmationTimeout,
+    TransferFailed,
+    TransferState,
+    TransferStatus,
+)
 from zpay.domain.errors import NotFound, PaymentRefused
 from zpay.domain.lifecycle import KeyStatus, PaymentStatus, balance_status
 from zpay.domain.money import parse_amount
@@ -120,6 +127,8 @@ async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequ
     async with ctx.db.transaction() as s:
         key = await _lock_key_row(s, key.id)
         row = await _lock_payment(s, payment.id)
+        if row.status != PaymentStatus.AUTHORIZED:
+            return _view(row, key)  # released by reconciliation meanwhile; nothing was sent
         if key.status == KeyStatus.REVOKED or ctx.now() >= key.expires_at:
             # Revocation is immediate: nothing was sent yet, so the payment fails.
             code = (Reason.SESSION_KEY_REVOKED if key.status == KeyStatus.REVOKED
@@ -127,18 +136,21 @@ async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequ
             _release(s, key, row, code, await _policy(s, row), ctx.now())
             return _view(row, key)
         row.status, row.tx_reference = PaymentStatus.SUBMITTED.value, prepared.reference
+        row.tx_payload = prepared.payload
         row.updated_at = ctx.now()
     try:
         await adapter.submit_transfer(prepared)
         status = await adapter.wait_for_transfer(prepared.reference,
                                                  timeout_s=ctx.settings.confirm_timeout_s)
-    except ChainUnavailable:
+    except (ChainUnavailable, ConfirmationTimeout):
         log.warning("payment %s submitted, outcome unknown; reconciliation will settle it",
                     payment.id)
         status = TransferStatus(TransferState.PENDING)
     except ChainError as exc:
+        # Only the chain's own answer may release the hold: a transfer the chain still
+        # might settle stays `submitted` for reconciliation.
         status = await adapter.transfer_status(prepared.reference)
-        if status.state in (TransferState.UNKNOWN, TransferState.PENDING):
+        if status.state is TransferState.UNKNOWN and isinstance(exc, TransferFailed):
             status = TransferStatus(TransferState.FAILED, error=exc.code)
     return await settle(ctx, payment.id, status)
 
@@ -149,8 +161,10 @@ async def _lock_key_row(s: AsyncSession, key_id: str) -> SessionKey:
 
 
 async def _lock_payment(s: AsyncSession, payment_id: str) -> Payment:
+    # populate_existing: settle() has read the row unlocked; the locked read must win.
     return (await s.execute(select(Payment).where(Payment.id == payment_id)
-                            .with_for_update())).scalar_one()
+                            .with_for_update().execution_options(populate_existing=True)
+                            )).scalar_one()
 
 
 async def _policy(s: AsyncSession, payment: Payment) -> PolicySession | None:
@@ -188,16 +202,20 @@ def _capture(s: AsyncSession, key: SessionKey, payment: Payment, tx_id: str | No
              object_type="session_key", object_id=key.id, data=session_key_view(key), now=now)
 
 
-async def settle(ctx: AppContext, payment_id: str, status: TransferStatus) -> dict[str, Any]:
+async def settle(ctx: AppContext, payment_id: str, status: TransferStatus,
+                 *, only_if: PaymentStatus | None = None) -> dict[str, Any]:
     """Step 3: confirmed → capture; failed → release; pending → leave for reconciliation.
-    Idempotent: a payment already settled is returned as it is."""
+    Idempotent: a payment already settled is returned as it is. With `only_if`, a payment
+    no longer in that status (checked under lock) is returned untouched."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
         payment = await s.get(Payment, payment_id)
         assert payment is not None
         key = await _lock_key_row(s, payment.session_key_id)
         payment = await _lock_payment(s, payment_id)
-        if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED):
+        if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED) or (
+            only_if is not None and payment.status != only_if
+        ):
             return _view(payment, key)
         if status.state is TransferState.CONFIRMED:
             _capture(s, key, payment, status.tx_id or payment.tx_reference, now)

@@ -153,7 +153,8 @@ async def create_session(ctx: AppContext, principal: Principal,
         s.add(policy)
         emit(s, merchant_id=principal.merchant_id, type="session.created", object_type="session",
              object_id=policy.id, data=policy_session_view(policy), now=now)
-    return {**(await _status_body(ctx, policy)), "token": token}
+    # `access_token`, not `token`: a session's `token` is the token symbol it limits.
+    return {**(await _status_body(ctx, policy)), "access_token": token}
 
 
 async def _status_body(ctx: AppContext, policy: PolicySession) -> dict[str, Any]:
