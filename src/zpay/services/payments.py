@@ -69,7 +69,9 @@ async def _authorize(ctx: AppContext, principal: Principal, req: PaymentRequest,
         decision = authorize(value, key=key_state(key), policy=policy, recipient=recipient,
                              chain=key.chain, now=now)
         refusal = None if decision.allowed else decision.reason
-        if refusal is None and key.agent_id is not None:
+        # An agent's own token was just checked active; a merchant paying for an agent's
+        # key needs the agent looked up.
+        if refusal is None and key.agent_id is not None and principal.agent_id != key.agent_id:
             agent = await s.get(Agent, key.agent_id)
             if agent is None or agent.status != "active":
                 refusal = Reason.AGENT_FROZEN
@@ -209,9 +211,10 @@ async def settle(ctx: AppContext, payment_id: str, status: TransferStatus,
     no longer in that status (checked under lock) is returned untouched."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
-        payment = await s.get(Payment, payment_id)
-        assert payment is not None
-        key = await _lock_key_row(s, payment.session_key_id)
+        # The key's lock first (as everywhere), found through the payment in one query.
+        key = (await s.execute(select(SessionKey).where(
+            SessionKey.id == select(Payment.session_key_id).where(Payment.id == payment_id)
+            .scalar_subquery()).with_for_update())).scalar_one()
         payment = await _lock_payment(s, payment_id)
         if payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED) or (
             only_if is not None and payment.status != only_if
