@@ -171,7 +171,7 @@ async def test_recorded_but_never_sent_on_a_revoked_key_is_released_not_sent(
     row = await stored_key(ctx, paying.key["id"])
     assert (row.spent_amount, row.held_amount) == (0, 0)
     assert await balance(ctx, paying.recipient) == 0
-    await run_once(ctx)  # nothing held any more: the refund goes out
+    # in the same tick, nothing held any more: the refund went out
     row = await stored_key(ctx, paying.key["id"])
     assert (row.refund_status, row.refunded_amount) == ("done", 100 * 10**6)
     assert await balance(ctx, paying.key["session_key_address"]) == 0

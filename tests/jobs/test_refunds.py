@@ -89,5 +89,6 @@ async def test_refund_opt_out(ctx: AppContext, api: Api, chain: str) -> None:
     await api.ok("POST", f"/v1/session-keys/{key['id']}/revoke")
     assert await run_refunds(ctx) == 0
     assert await _balance(ctx, chain, key["session_key_address"]) == 24_500_000
+    assert await _balance(ctx, chain, user) == 60 * USDC
     status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
     assert status["refund_status"] is None and status["refund_on_close"] is False

@@ -25,7 +25,8 @@ import json
 import logging
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,8 +46,11 @@ log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 200
 CONCURRENCY = 10  # HTTP requests in flight per worker; see docs/webhooks.md, "Throughput"
+PER_ENDPOINT = 4  # of those, to one endpoint: a dead one cannot take every connection
 WINDOW = 50  # claimed and not yet sent or recorded, per worker
 REFILL = WINDOW // 2  # claim or record this many at a time: fewer, larger transactions
+ENDPOINT_SHARE = WINDOW // 2  # of the window, so one endpoint's backlog leaves room
+MAX_CLAIMS_PER_REFILL = 4
 MAX_ATTEMPTS_PER_TICK = 500
 FLUSH_AFTER_S = 0.05  # a result waits at most about this long to be recorded
 MAX_BATCHES = 10  # dispatch batches per tick
@@ -99,34 +103,55 @@ class _Claimed:
     body: bytes
 
 
+def _full(held: Mapping[str, int], share: int) -> set[str]:
+    return {endpoint_id for endpoint_id, n in held.items() if n >= share}
+
+
 def _lease(ctx: AppContext) -> timedelta:
-    # A claimed send may wait for a free connection behind the rest of the window.
-    waves = math.ceil(WINDOW / CONCURRENCY)
+    # A claimed send may wait for a connection behind its endpoint's whole share.
+    waves = math.ceil(ENDPOINT_SHARE / PER_ENDPOINT)
     return timedelta(seconds=waves * ctx.settings.webhook_timeout_s) + LEASE_MARGIN
 
 
-async def _claim(ctx: AppContext, batch: int) -> list[_Claimed]:
+@dataclass(frozen=True)
+class _Claim:
+    jobs: list[_Claimed]
+    exhausted: bool  # nothing else is due, share limits aside
+    capped: set[str]  # endpoints at their share: some of theirs may still be due
+
+
+async def _claim(ctx: AppContext, batch: int, *, held: Mapping[str, int] | None = None,
+                 share: int = WINDOW) -> _Claim:
+    """Lease up to `batch` due deliveries, at most `share` per endpoint counting the
+    `held` ones."""
     now = ctx.now()
     leased_until = now + _lease(ctx)
-    async with ctx.db.transaction() as s:
-        rows = (await s.execute(
-            select(WebhookDelivery, WebhookEndpoint, Event)
+    taken = Counter(held or {})
+    stmt = (select(WebhookDelivery, WebhookEndpoint, Event)
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
             .join(Event, Event.id == WebhookDelivery.event_id)
             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
-                   WebhookEndpoint.enabled.is_(True))
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(batch)
+                   WebhookEndpoint.enabled.is_(True)))
+    if full := _full(taken, share):
+        stmt = stmt.where(WebhookDelivery.endpoint_id.not_in(full))
+    async with ctx.db.transaction() as s:
+        rows = (await s.execute(
+            stmt.order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(batch)
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         )).all()
         secrets: dict[str, str] = {}
         claimed = []
         for delivery, endpoint, event in rows:
+            if taken[endpoint.id] >= share:
+                full.add(endpoint.id)
+                continue  # left as it is: still due, unlocked at commit
+            taken[endpoint.id] += 1
             delivery.next_attempt_at = leased_until
             if endpoint.id not in secrets:
                 secrets[endpoint.id] = endpoint_secret(ctx, endpoint)
             claimed.append(_Claimed(delivery.id, endpoint.id, endpoint.url,
                                     secrets[endpoint.id], event.id, payload(event)))
-    return claimed
+    return _Claim(claimed, exhausted=len(rows) < batch, capped=full)
 
 
 def _disable(endpoint: WebhookEndpoint, outcomes: list[_Outcome], now: datetime) -> None:
@@ -198,68 +223,106 @@ async def _record(ctx: AppContext, rng: random.Random, outcomes: list[_Outcome])
                      data=endpoint_view(endpoint), now=now)
 
 
-async def _send(ctx: AppContext, sender: WebhookSender, job: _Claimed,
-                slots: asyncio.Semaphore) -> _Outcome:
-    async with slots:
-        sent_at = ctx.now()
-        headers = build_headers(job.secret, job.event_id, int(sent_at.timestamp()), job.body)
-        result = await sender.send(job.url, job.body, headers,
-                                   allow_private=ctx.settings.webhooks_allow_private,
-                                   timeout_s=ctx.settings.webhook_timeout_s)
-        return _Outcome(job, sent_at, ctx.now(), result)
+class _Pump:
+    """One tick of sending: a window of claimed deliveries, refilled as sends finish.
 
+    At most CONCURRENCY requests are on the wire, PER_ENDPOINT of them to one endpoint,
+    and results are recorded as they come in, a few per transaction: an endpoint that
+    times out holds its own few connections for its timeout, not everyone's deliveries.
+    """
 
-def _finished(tasks: set[asyncio.Task[_Outcome]]) -> list[_Outcome]:
-    outcomes = []
-    for task in tasks:
-        if (error := task.exception()) is not None:
-            # Unrecorded, its lease brings it back: at-least-once allows sending it again.
-            log.error("webhook send failed unexpectedly: %r", error)
-        else:
-            outcomes.append(task.result())
-    return outcomes
+    def __init__(self, ctx: AppContext, rng: random.Random, sender: WebhookSender,
+                 limit: int) -> None:
+        self.ctx, self.rng, self.sender, self.limit = ctx, rng, sender, limit
+        self.slots = asyncio.Semaphore(CONCURRENCY)
+        self.endpoint_slots: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(PER_ENDPOINT))
+        self.in_flight: dict[asyncio.Task[_Outcome], _Claimed] = {}
+        self.per_endpoint: Counter[str] = Counter()
+        self.unrecorded: list[_Outcome] = []
+        self.attempted = 0
+        self.drained = False  # a claim found fewer due than asked: wait for the next tick
+        # Endpoints at their share when a claim came up short: more of theirs may be due,
+        # so claim again once they are down to half their share.
+        self.waiting_for: set[str] = set()
+
+    async def run(self) -> int:
+        try:
+            while True:
+                await self._refill()
+                if not self.in_flight and not self.unrecorded:
+                    return self.attempted
+                await self._collect()
+        finally:
+            for task in self.in_flight:
+                task.cancel()  # only on an error or cancellation: the leases bring them back
+
+    async def _refill(self) -> None:
+        # A claim can come back short of the room (an endpoint reached its share), so
+        # claim again, a bounded number of times, before waiting for sends to finish.
+        for _ in range(MAX_CLAIMS_PER_REFILL):
+            room = min(WINDOW - len(self.in_flight), self.limit - self.attempted)
+            if (self.drained or self.waiting_for or room <= 0
+                    or room < min(REFILL, self.limit - self.attempted)):
+                return
+            claim = await _claim(self.ctx, room, held=self.per_endpoint,
+                                 share=ENDPOINT_SHARE)
+            if claim.exhausted:
+                if claim.capped:
+                    self.waiting_for = claim.capped
+                else:
+                    self.drained = True
+            self.attempted += len(claim.jobs)
+            for job in claim.jobs:
+                self.in_flight[asyncio.create_task(self._send(job))] = job
+                self.per_endpoint[job.endpoint_id] += 1
+            if not claim.jobs:
+                return
+
+    async def _collect(self) -> None:
+        done: set[asyncio.Task[_Outcome]] = set()
+        if self.in_flight:
+            done, _ = await asyncio.wait(
+                self.in_flight, timeout=FLUSH_AFTER_S if self.unrecorded else None,
+                return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            job = self.in_flight.pop(task)
+            self.per_endpoint[job.endpoint_id] -= 1
+            if (job.endpoint_id in self.waiting_for
+                    and self.per_endpoint[job.endpoint_id] <= ENDPOINT_SHARE // 2):
+                self.waiting_for.clear()
+            if (error := task.exception()) is not None:
+                # Unrecorded, its lease brings it back: at-least-once allows a resend.
+                log.error("webhook send %s failed unexpectedly: %r", job.delivery_id, error)
+            else:
+                self.unrecorded.append(task.result())
+        # Record in groups, but keep no result waiting behind a slow send.
+        if self.unrecorded and (len(self.unrecorded) >= REFILL or not self.in_flight
+                                or not done):
+            await _record(self.ctx, self.rng, self.unrecorded)
+            self.unrecorded = []
+
+    async def _send(self, job: _Claimed) -> _Outcome:
+        ctx = self.ctx
+        # The endpoint's slot first: a send queued behind its own endpoint holds no
+        # connection another endpoint could use.
+        async with self.endpoint_slots[job.endpoint_id], self.slots:
+            sent_at = ctx.now()
+            headers = build_headers(job.secret, job.event_id, int(sent_at.timestamp()),
+                                    job.body)
+            result = await self.sender.send(job.url, job.body, headers,
+                                            allow_private=ctx.settings.webhooks_allow_private,
+                                            timeout_s=ctx.settings.webhook_timeout_s)
+            return _Outcome(job, sent_at, ctx.now(), result)
 
 
 async def deliver_due(ctx: AppContext, *, rng: random.Random, sender: WebhookSender | None = None,
                       limit: int = MAX_ATTEMPTS_PER_TICK) -> int:
-    """Send what is due until nothing is, or `limit` attempts. Returns attempts made.
-
-    A window of up to WINDOW claimed deliveries is refilled as sends finish, CONCURRENCY
-    of them on the wire at once, and results are recorded as they come in: an endpoint
-    that times out holds a connection for its timeout, not everyone else's deliveries."""
-    own_sender = sender is None
-    active = sender or WebhookSender()
-    slots = asyncio.Semaphore(CONCURRENCY)
-    in_flight: set[asyncio.Task[_Outcome]] = set()
-    unrecorded: list[_Outcome] = []
-    attempted, drained = 0, False
-    try:
-        while True:
-            free = min(WINDOW - len(in_flight), limit - attempted)
-            if not drained and free > 0 and free >= min(REFILL, limit - attempted):
-                claimed = await _claim(ctx, free)
-                # Fewer due than asked: what becomes due from now on waits for the next tick.
-                drained = len(claimed) < free
-                attempted += len(claimed)
-                in_flight.update(asyncio.create_task(_send(ctx, active, job, slots))
-                                 for job in claimed)
-            if not in_flight and not unrecorded:
-                return attempted
-            done: set[asyncio.Task[_Outcome]] = set()
-            if in_flight:
-                done, in_flight = await asyncio.wait(
-                    in_flight, timeout=FLUSH_AFTER_S if unrecorded else None,
-                    return_when=asyncio.FIRST_COMPLETED)
-                unrecorded += _finished(done)
-            # A few results per transaction, but none kept waiting behind a slow send.
-            if unrecorded and (len(unrecorded) >= REFILL or not in_flight or not done):
-                await _record(ctx, rng, unrecorded)
-                unrecorded = []
-    finally:
-        for task in in_flight:
-            task.cancel()  # only on an error or cancellation: the leases bring them back
-        if own_sender:
-            await active.aclose()
+    """Send what is due until nothing is, or `limit` attempts. Returns attempts made."""
+    if sender is not None:
+        return await _Pump(ctx, rng, sender, limit).run()
+    async with WebhookSender() as own:
+        return await _Pump(ctx, rng, own, limit).run()
 
 
 async def dispatch_all(ctx: AppContext, *, batch: int = DISPATCH_BATCH,

@@ -49,10 +49,11 @@ async def deliver_webhooks(ctx: AppContext, *, rng: random.Random,
 
 async def run_once(ctx: AppContext, *, rng: random.Random | None = None,
                    sender: WebhookSender | None = None) -> TickReport:
-    """Every job once. Expiry and reconciliation first: their events go out in this tick."""
+    """Every job once, in the order that lets one tick carry a change to its webhook:
+    reconciliation frees the holds that refunds wait for, and every event goes out."""
     expired = await expire_due(ctx)
-    refunds = await run_refunds(ctx)
     reconciled = await reconcile_payments(ctx)
+    refunds = await run_refunds(ctx)
     dispatched, delivered = await deliver_webhooks(ctx, rng=rng or random.Random(),
                                                    sender=sender)
     return TickReport(expired, refunds, reconciled, dispatched, delivered)
