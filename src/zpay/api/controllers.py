@@ -14,9 +14,6 @@ from zpay.api.schemas import (
     ApprovalSubmit,
     FaucetRequest,
     LinkRequest,
-    PaymentCreate,
-    SessionCreate,
-    SessionKeyCreate,
     TopUpCreate,
 )
 from zpay.chains.protocol import ChainError
@@ -71,9 +68,9 @@ class SessionController(Controller):
     tags = ["sessions"]
 
     @post()
-    async def create(self, data: SessionCreate, ctx: AppContext, principal: Principal) -> Json:
-        return await sessions.create_session(ctx, principal,
-                                             sessions.SessionRequest(**_fields(data)))
+    async def create(self, data: sessions.SessionRequest, ctx: AppContext,
+                     principal: Principal) -> Json:
+        return await sessions.create_session(ctx, principal, data)
 
     @get()
     async def list_(self, ctx: AppContext, principal: Principal, page: Page,
@@ -94,10 +91,9 @@ class SessionKeyController(Controller):
     tags = ["session keys"]
 
     @post()
-    async def create(self, data: SessionKeyCreate, ctx: AppContext,
+    async def create(self, data: session_keys.SessionKeyRequest, ctx: AppContext,
                      principal: Principal) -> Json:
-        return await session_keys.create_session_key(
-            ctx, principal, session_keys.SessionKeyRequest(**_fields(data)))
+        return await session_keys.create_session_key(ctx, principal, data)
 
     @get()
     async def list_(self, ctx: AppContext, principal: Principal, page: Page,
@@ -164,7 +160,7 @@ class PaymentController(Controller):
 
     @post()
     async def create(
-        self, data: PaymentCreate, ctx: AppContext, principal: Principal,
+        self, data: payments.PaymentRequest, ctx: AppContext, principal: Principal,
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
@@ -174,8 +170,7 @@ class PaymentController(Controller):
         if stored is not None:
             return _json(stored.status, stored.body, replayed=True)
         try:
-            body = await payments.create_payment(ctx, principal, payments.PaymentRequest(**fields),
-                                                 key)
+            body = await payments.create_payment(ctx, principal, data, key)
             status = 202 if body["status"] == "submitted" else 201
         except (ZpayError, ChainError) as exc:
             status, body = problem_for(exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -14,38 +13,6 @@ class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class AgentCreate(Body):
     name: str
-
-
-class SessionCreate(Body):
-    agent_id: str
-    user_wallet: str | None = None
-    token: str = "USDC"
-    max_per_transaction: str | None = None
-    max_per_day: str | None = None
-    max_per_week: str | None = None
-    max_per_month: str | None = None
-    max_total: str | None = None
-    allowed_recipients: list[str] | None = None
-    allowed_chains: list[str] | None = None
-    allowed_methods: list[str] | None = None
-    active_hours: list[int] | None = None
-    window_mode: str = "rolling"
-    timezone: str = "UTC"
-    expires_at: datetime | None = None
-    expires_in_seconds: int | None = None
-
-
-class SessionKeyCreate(Body):
-    agent_id: str
-    user_wallet: str
-    max_amount: str
-    chain: str | None = None
-    token: str = "USDC"
-    expires_at: datetime | None = None
-    expires_in_seconds: int | None = None
-    session_id: str | None = None
-    refund_on_close: bool = True
-    approval_method: str | None = None
 
 
 class ApprovalSubmit(Body):
@@ -67,13 +34,6 @@ class TopUpCreate(Body):
 
 class LinkRequest(Body):
     session_id: str
-
-
-class PaymentCreate(Body):
-    session_key_id: str
-    amount: str
-    recipient: str
-    description: str | None = None
 
 
 class FaucetRequest(Body):

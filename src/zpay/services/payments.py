@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.requests import Request
 from zpay.services.session_keys import key_state, load_key, load_secret, token_of
 from zpay.services.sessions import policy_state
 from zpay.services.views import payment_view, session_key_view
@@ -35,8 +35,7 @@ from zpay.store.models import Agent, Payment, PaymentAttempt, PolicySession, Ses
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PaymentRequest:
+class PaymentRequest(Request):
     session_key_id: str
     amount: str
     recipient: str

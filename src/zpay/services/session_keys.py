@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,14 +23,14 @@ from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.requests import Request
 from zpay.services.sessions import load_session, policy_state, resolve_expiry
 from zpay.services.views import amount, approval_view, attempt_view, session_key_view
 from zpay.store.ids import new_id
 from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
 
 
-@dataclass(frozen=True)
-class SessionKeyRequest:
+class SessionKeyRequest(Request):
     agent_id: str
     user_wallet: str
     max_amount: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.requests import Request
 from zpay.services.views import amount, policy_session_view, ts
 from zpay.store.ids import new_id
 from zpay.store.models import Merchant, Payment, PolicySession, SessionKey
@@ -30,8 +30,7 @@ _LIMIT_FIELDS = ("max_per_transaction", "max_per_day", "max_per_week", "max_per_
 MAX_LIMIT_BASE_UNITS = 2**256 - 1
 
 
-@dataclass(frozen=True)
-class SessionRequest:
+class SessionRequest(Request):
     agent_id: str
     user_wallet: str | None = None
     token: str = "USDC"
