@@ -114,6 +114,20 @@ def _refusal_message(reason: str) -> str:
 async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequest,
                          idempotency_key: str | None = None) -> dict[str, Any]:
     payment, key, secret = await _authorize(ctx, principal, req, idempotency_key)
+    try:
+        return await _submit_and_settle(ctx, payment, key, secret)
+    except Exception:
+        # The hold is written: an error now must not invite a retry that pays twice. The
+        # payment is answered as it stands; reconciliation settles it from the chain.
+        log.exception("payment %s: unexpected error after authorization", payment.id)
+        async with ctx.db.sessions() as s:
+            row = await s.get(Payment, payment.id)
+            assert row is not None
+            return _view(row, key)
+
+
+async def _submit_and_settle(ctx: AppContext, payment: Payment, key: SessionKey,
+                             secret: bytes) -> dict[str, Any]:
     adapter = ctx.chains.get(key.chain)
     try:
         prepared = await adapter.prepare_transfer(
@@ -150,7 +164,10 @@ async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequ
     except ChainError as exc:
         # Only the chain's own answer may release the hold: a transfer the chain still
         # might settle stays `submitted` for reconciliation.
-        status = await adapter.transfer_status(prepared.reference)
+        try:
+            status = await adapter.transfer_status(prepared.reference)
+        except ChainError:
+            status = TransferStatus(TransferState.PENDING)
         if status.state is TransferState.UNKNOWN and isinstance(exc, TransferFailed):
             status = TransferStatus(TransferState.FAILED, error=exc.code)
     return await settle(ctx, payment.id, status)
