@@ -22,6 +22,8 @@ from benchmarks.authorizations import run_zpay, zpay_env
 from benchmarks.common import VENV_BIN, LoadResult, Server, closed_loop, free_port, table
 from zpay.client.wallet import SolanaWallet
 
+FAILURES: list[str] = []  # a few answers that were not a confirmed payment, to print
+
 
 def sign_evm(user: Any, approval: dict[str, Any]) -> dict[str, Any]:
     typed = approval["approval"]["typed_data"]
@@ -79,7 +81,10 @@ def bench(chain: str, payments: int, agents: int) -> LoadResult:
                 resp = await http.post("/v1/payments", headers={
                     "Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())},
                     json={"session_key_id": key_id, "amount": "1", "recipient": to})
-                return resp.status_code == 201 and resp.json()["status"] == "succeeded"
+                ok = resp.status_code == 201 and resp.json()["status"] == "succeeded"
+                if not ok and len(FAILURES) < 5:
+                    FAILURES.append(f"{chain}: {resp.status_code} {resp.text[:300]}")
+                return ok
 
             return asyncio.run(closed_loop(agents, payments, pay, server.url))
         finally:
@@ -98,6 +103,8 @@ def main() -> None:
              str(r.errors), f"{r.per_second / base:.2f}x"] for chain, r in results.items()]
     print(f"\n{args.agents} concurrent agents, {args.payments} payments, request -> confirmed\n")
     print(table(["chain", "payments/s", "p50 ms", "p99 ms", "errors", "vs solana"], rows))
+    for failure in FAILURES:
+        print("not confirmed:", failure)
 
 
 if __name__ == "__main__":
