@@ -6,11 +6,9 @@ funding approval, the session wallet for payments and sweeps — so session wall
 hold gas. What gets signed and how it is checked is built in `evm_tx` (pure); this module
 only talks to the node. web3 types and errors never leave it: they become `ChainError`s.
 
-Relayer nonces are allocated from a local counter under an asyncio lock (no duplicates,
-no gaps from our side), initialised from the pending transaction count and re-synced
-from the chain when the node reports a nonce error. Every relayer transaction is kept
-(raw) until mined; a transaction the node dropped is re-broadcast, or its nonce filled by
-a no-op, so one lost transaction cannot stall all that follow.
+The relayer (its nonce counter, re-broadcast and replacement of dropped or stuck
+transactions) is `evm_relayer`; setting up a local network (anvil, the test token, the
+relayer key file) is `evm_local`.
 """
 
 from __future__ import annotations
@@ -19,10 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +29,6 @@ import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
     ContractLogicError,
-    TimeExhausted,
     TransactionNotFound,
     Web3Exception,
     Web3RPCError,
@@ -40,6 +36,26 @@ from web3.exceptions import (
 
 from zpay.chains import evm_tx
 from zpay.chains.anvil import AnvilProcess
+from zpay.chains.evm_local import (
+    check_chain_id,
+    deploy_test_tokens,
+    fund_relayer,
+    load_or_create_key,
+    start_anvil,
+)
+from zpay.chains.evm_local import (
+    load_test_token_artifact as load_test_token_artifact,  # re-exported: public here before
+)
+from zpay.chains.evm_relayer import (
+    KNOWN_ERRORS,
+    NONCE_ERRORS,
+    Relayer,
+    decode_key,
+    rpc_message,
+    to_hex,
+    translated,
+    with_headroom,
+)
 from zpay.chains.protocol import (
     ApprovalExpired,
     ApprovalMismatch,
@@ -60,7 +76,7 @@ from zpay.chains.protocol import (
     TransferState,
     TransferStatus,
 )
-from zpay.chains.registry import NetworkSpec, chains_data_dir
+from zpay.chains.registry import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +85,6 @@ METHOD_TRANSACTION = "transaction"
 FORMAT_EIP712 = "eip712"
 FORMAT_EVM_TRANSACTION = "evm_transaction"
 PAYLOAD_VERSION = 1
-
-_NONCE_ERRORS = ("nonce too low", "invalid nonce", "nonce has already been used", "oldnonce")
-_KNOWN_ERRORS = ("already known", "known transaction", "alreadyknown")
-_REPLACEMENT_ERRORS = ("replacement transaction underpriced", "replacement fee too low")
 
 
 @dataclass(frozen=True)
@@ -102,257 +114,6 @@ def _local_options(options: EvmOptions | None) -> EvmOptions:
         stuck_after_s=5.0,
         expiry_margin_s=2,
     )
-
-
-# ----------------------------------------------------------------- error translation
-
-
-def _rpc_message(exc: Web3RPCError) -> str:
-    response = exc.rpc_response or {}
-    error = response.get("error") if isinstance(response, Mapping) else None
-    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return str(exc.message)
-
-
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Library and transport errors become ChainErrors; ours pass through untouched."""
-    try:
-        yield
-    except ChainError:
-        raise
-    except ContractLogicError as exc:
-        raise ChainError(f"{action}: reverted: {exc.message or exc}", code="reverted") from exc
-    except Web3RPCError as exc:
-        raise ChainUnavailable(f"{action}: node error: {_rpc_message(exc)}") from exc
-    except (TimeExhausted, TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise ChainUnavailable(f"{action}: {type(exc).__name__}: {exc}") from exc
-    except Web3Exception as exc:
-        raise ChainError(f"{action}: {type(exc).__name__}: {exc}") from exc
-
-
-def _hex(value: Any) -> str:
-    raw = bytes(value)
-    return "0x" + raw.hex()
-
-
-def _with_headroom(gas: int, percent: int) -> int:
-    return gas + gas * percent // 100
-
-
-# ------------------------------------------------------------------- relayer nonces
-
-
-@dataclass(frozen=True)
-class _SentTx:
-    nonce: int
-    tx_hash: str
-    raw: bytes
-    # What was signed, so a stuck transaction can be re-signed with higher fees.
-    to: str | None
-    data: bytes
-    gas: int
-    value: int
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-    sent_at: float  # time.monotonic()
-    key: str | None  # the authorization it carries ("<from>:<nonce>"), if any
-
-
-class _Relayer:
-    """The platform account that pays gas; owns the nonce counter."""
-
-    def __init__(self, adapter: EvmAdapter, secret: bytes) -> None:
-        self._adapter = adapter
-        self._secret = secret
-        self.address = evm_tx.address_of(secret)
-        self._lock = asyncio.Lock()
-        self._next_nonce: int | None = None
-        self._inflight: dict[int, _SentTx] = {}
-
-    async def _chain_nonce(self, block: str) -> int:
-        with _translated("read relayer nonce"):
-            return int(
-                await self._adapter._w3.eth.get_transaction_count(
-                    cast(Any, self.address), cast(Any, block)
-                )
-            )
-
-    def _sign(
-        self,
-        *,
-        nonce: int,
-        to: str | None,
-        data: bytes,
-        gas: int,
-        value: int,
-        max_fee: int,
-        priority_fee: int,
-        key: str | None,
-    ) -> _SentTx:
-        raw, tx_hash = evm_tx.sign_relayer_transaction(
-            self._secret,
-            chain_id=self._adapter.chain_id,
-            nonce=nonce,
-            to=to,
-            data=data,
-            gas=gas,
-            value=value,
-            max_fee_per_gas=max_fee,
-            max_priority_fee_per_gas=priority_fee,
-        )
-        return _SentTx(
-            nonce, tx_hash, raw, to, data, gas, value, max_fee, priority_fee, time.monotonic(), key
-        )
-
-    async def send(
-        self, *, to: str | None, data: bytes, gas: int, value: int = 0, key: str | None = None
-    ) -> _SentTx:
-        """Sign with the next nonce and broadcast; the nonce is consumed only when the
-        node took the transaction (or may have: a timeout keeps it, heal() settles it).
-        `key` names the authorization carried, recorded before the lock is released so a
-        concurrent status query already sees the transaction."""
-        max_fee, priority_fee = await self._adapter._fees()
-        async with self._lock:
-            for _attempt in range(4):
-                if self._next_nonce is None:
-                    self._next_nonce = await self._chain_nonce("pending")
-                nonce = self._next_nonce
-                sent = self._sign(
-                    nonce=nonce,
-                    to=to,
-                    data=data,
-                    gas=gas,
-                    value=value,
-                    max_fee=max_fee,
-                    priority_fee=priority_fee,
-                    key=key,
-                )
-                raw = sent.raw
-                try:
-                    await self._adapter._w3.eth.send_raw_transaction(raw)
-                except Web3RPCError as exc:
-                    message = _rpc_message(exc).lower()
-                    if any(m in message for m in _KNOWN_ERRORS):
-                        pass  # our own bytes reached the node before: it is sent
-                    elif any(m in message for m in (*_NONCE_ERRORS, *_REPLACEMENT_ERRORS)):
-                        # Someone else used the key, or the node restarted with another
-                        # view: the chain is the truth, take its count and sign again.
-                        log.warning("relayer nonce %s refused (%s); resyncing", nonce, message)
-                        self._next_nonce = await self._chain_nonce("pending")
-                        if self._next_nonce <= nonce:
-                            self._next_nonce = nonce + 1
-                        continue
-                    elif "insufficient funds" in message:
-                        raise ChainUnavailable(
-                            f"the relayer {self.address} needs ETH for gas: {message}",
-                            code="relayer_unfunded",
-                        ) from exc
-                    else:
-                        raise ChainUnavailable(f"relayer transaction refused: {message}") from exc
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    # The node may or may not have it: keep the nonce taken and the raw tx,
-                    # heal() re-broadcasts it if the node never saw it.
-                    self._record(sent)
-                    raise ChainUnavailable(f"relayer broadcast: {type(exc).__name__}") from exc
-                self._record(sent)
-                return sent
-        raise ChainUnavailable("relayer nonce kept colliding; another process uses the key")
-
-    def _record(self, sent: _SentTx) -> None:
-        self._inflight[sent.nonce] = sent
-        self._next_nonce = sent.nonce + 1
-        if sent.key is not None:
-            self._adapter._remember(sent.key, sent.tx_hash)
-
-    async def heal(self) -> None:
-        """Keep the relayer's queue moving. Lowest nonce first: a transaction the node
-        no longer knows is re-broadcast (or, if it can no longer be accepted, its nonce is
-        filled with a 0-value self-transfer); the oldest unmined one, if stuck longer than
-        `stuck_after_s` (fees rose past its cap), is replaced with higher fees."""
-        async with self._lock:
-            mined = await self._chain_nonce("latest")
-            for nonce in [n for n in self._inflight if n < mined]:
-                del self._inflight[nonce]
-            for nonce in sorted(self._inflight):
-                sent = self._inflight[nonce]
-                if await self._adapter._tx_known(sent.tx_hash):
-                    if (
-                        nonce == mined
-                        and time.monotonic() - sent.sent_at > self._adapter._options.stuck_after_s
-                    ):
-                        await self._bump(sent)
-                    continue
-                log.warning(
-                    "relayer tx %s (nonce %s) was dropped; re-broadcasting", sent.tx_hash, nonce
-                )
-                try:
-                    with _translated("re-broadcast relayer tx"):
-                        await self._adapter._w3.eth.send_raw_transaction(sent.raw)
-                    continue
-                except ChainError as exc:
-                    message = str(exc).lower()
-                    if any(m in message for m in (*_KNOWN_ERRORS, *_NONCE_ERRORS)):
-                        continue  # known again, or that nonce got mined meanwhile
-                # Typically evicted because fees rose past its cap: the same call with
-                # current fees; failing that, a no-op so the queue behind it moves.
-                if not await self._bump(sent):
-                    await self._fill(nonce)
-            pending = await self._chain_nonce("pending")
-            if self._next_nonce is None or pending > self._next_nonce:
-                self._next_nonce = pending
-
-    async def _fill(self, nonce: int) -> None:
-        max_fee, priority_fee = await self._adapter._fees(urgent=True)
-        filler = self._sign(
-            nonce=nonce,
-            to=self.address,
-            data=b"",
-            gas=evm_tx.NATIVE_TRANSFER_GAS,
-            value=0,
-            max_fee=max_fee,
-            priority_fee=priority_fee,
-            key=None,
-        )
-        try:
-            with _translated("fill relayer nonce"):
-                await self._adapter._w3.eth.send_raw_transaction(filler.raw)
-        except ChainError as exc:
-            log.warning("could not fill relayer nonce %s: %s", nonce, exc)
-            return
-        self._inflight[nonce] = filler
-
-    async def _bump(self, stuck: _SentTx) -> bool:
-        """Replace a stuck transaction (same nonce, same call) with fees at least 12.5%
-        higher — the minimum bump nodes accept for a replacement."""
-        max_fee, priority_fee = await self._adapter._fees(urgent=True)
-        bumped = self._sign(
-            nonce=stuck.nonce,
-            to=stuck.to,
-            data=stuck.data,
-            gas=stuck.gas,
-            value=stuck.value,
-            max_fee=max(max_fee, stuck.max_fee_per_gas * 9 // 8 + 1),
-            priority_fee=max(priority_fee, stuck.max_priority_fee_per_gas * 9 // 8 + 1),
-            key=stuck.key,
-        )
-        log.warning(
-            "relayer tx %s (nonce %s) not getting mined; replacing it with higher fees as %s",
-            stuck.tx_hash,
-            stuck.nonce,
-            bumped.tx_hash,
-        )
-        try:
-            with _translated("replace stuck relayer tx"):
-                await self._adapter._w3.eth.send_raw_transaction(bumped.raw)
-        except ChainError as exc:
-            log.warning("could not replace relayer tx %s: %s", stuck.tx_hash, exc)
-            return False
-        self._inflight[stuck.nonce] = bumped
-        if bumped.key is not None:
-            self._adapter._remember(bumped.key, bumped.tx_hash)
-        return True
 
 
 # ------------------------------------------------------------------------- adapter
@@ -388,7 +149,7 @@ class EvmAdapter:
         )
         if evm_tx.ecc_backend_name() != "CoinCurveECCBackend":
             log.warning("eth-keys is not using coincurve: EVM signing will be slow")
-        self._relayer = _Relayer(self, relayer_secret)
+        self._relayer = Relayer(self, relayer_secret)
         self._tokens: dict[str, TokenInfo] = {}
         overrides = dict(token_addresses or {})
         for symbol, t in spec.tokens.items():
@@ -453,9 +214,9 @@ class EvmAdapter:
             anvil=_anvil,
         )
         try:
-            await adapter._check_chain_id()
-            await adapter._fund_relayer()
-            await adapter._deploy_test_tokens()
+            await check_chain_id(adapter)
+            await fund_relayer(adapter)
+            await deploy_test_tokens(adapter)
             await adapter.verify_tokens()
         except BaseException:
             await adapter.close()
@@ -474,9 +235,7 @@ class EvmAdapter:
         """Start anvil (owned by the adapter: close() stops it) and connect `local`.
         With `state_path`, the chain survives restarts like the database does."""
         assert spec.info.chain_id is not None
-        extra = ("--state-interval", "5") if state_path is not None else ()
-        anvil = AnvilProcess(chain_id=spec.info.chain_id, state_path=state_path, extra_args=extra)
-        await anvil.start_async()
+        anvil = await start_anvil(spec.info.chain_id, state_path)
         try:
             return await cls.local(
                 spec, anvil.rpc_url, relayer_secret, options=options, _anvil=anvil
@@ -499,12 +258,12 @@ class EvmAdapter:
         local one with a URL is `local`; anything else is `rpc` (key required). The key
         is 32 raw bytes or their 0x-hex (ZPAY_EVM_RELAYER_KEY); "" counts as none."""
         if isinstance(relayer_secret, str):
-            relayer_secret = _decode_key(relayer_secret) if relayer_secret.strip() else None
+            relayer_secret = decode_key(relayer_secret) if relayer_secret.strip() else None
         if spec.info.local:
             if relayer_secret is None:
                 if state_dir is None:
                     raise ChainError("a local EVM network needs a relayer key or a state_dir")
-                relayer_secret = _load_or_create_key(state_dir / "relayer.key")
+                relayer_secret = load_or_create_key(state_dir / "relayer.key")
             if not spec.rpc_url:
                 state_path = None
                 if state_dir is not None:
@@ -539,7 +298,7 @@ class EvmAdapter:
         )
 
     async def relayer_balance_wei(self) -> int:
-        with _translated("relayer balance"):
+        with translated("relayer balance"):
             return int(await self._w3.eth.get_balance(cast(Any, self._relayer.address)))
 
     async def verify_tokens(self) -> None:
@@ -644,7 +403,7 @@ class EvmAdapter:
                 expires_at=datetime.fromtimestamp(valid_before, UTC),
             )
         if chosen == METHOD_TRANSACTION:
-            with _translated("read user nonce"):
+            with translated("read user nonce"):
                 user_nonce = int(
                     await self._w3.eth.get_transaction_count(cast(Any, user), "pending")
                 )
@@ -808,7 +567,7 @@ class EvmAdapter:
         token = self._own_token(token)
         address = self.validate_address(address)
         if evm_tx.is_native(token.address):
-            with _translated("read balance"):
+            with translated("read balance"):
                 return int(await self._w3.eth.get_balance(cast(Any, address)))
         return evm_tx.decode_uint(
             await self._call(token.address, evm_tx.encode_balance_of(address))
@@ -977,7 +736,7 @@ class EvmAdapter:
         amount = int(str(private.get("amount")))
         receipt = await self._receipt(checked.tx_hash)
         if receipt is None:
-            with _translated("read user nonce"):
+            with translated("read user nonce"):
                 mined_nonce = int(
                     await self._w3.eth.get_transaction_count(cast(Any, user), "latest")
                 )
@@ -990,12 +749,12 @@ class EvmAdapter:
             try:
                 await self._w3.eth.send_raw_transaction(checked.raw)
             except Web3RPCError as exc:
-                message = _rpc_message(exc).lower()
-                if any(m in message for m in _NONCE_ERRORS):
+                message = rpc_message(exc).lower()
+                if any(m in message for m in NONCE_ERRORS):
                     receipt = await self._receipt(checked.tx_hash)
                     if receipt is None:
                         raise ApprovalExpired("the user's nonce moved on; ask again") from exc
-                elif not any(m in message for m in _KNOWN_ERRORS):
+                elif not any(m in message for m in KNOWN_ERRORS):
                     raise ApprovalRejected(f"the node refused the transaction: {message}") from exc
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise ChainUnavailable(f"broadcast: {type(exc).__name__}") from exc
@@ -1005,25 +764,25 @@ class EvmAdapter:
         return ChainReceipt(tx_id=checked.tx_hash, amount_base_units=amount)
 
     async def _simulate_user_tx(self, tx: evm_tx.UnsignedTransaction) -> None:
-        params = {"from": tx.sender, "to": tx.to, "value": tx.value, "data": _hex(tx.data)}
+        params = {"from": tx.sender, "to": tx.to, "value": tx.value, "data": to_hex(tx.data)}
         try:
             await self._w3.eth.call(cast(Any, params), "latest")
         except ContractLogicError as exc:
             raise ApprovalRejected(f"the transfer would fail: {exc.message or exc}") from exc
         except Web3RPCError as exc:
-            raise ApprovalRejected(f"the transfer would fail: {_rpc_message(exc)}") from exc
+            raise ApprovalRejected(f"the transfer would fail: {rpc_message(exc)}") from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ChainUnavailable(f"simulate: {type(exc).__name__}") from exc
 
     async def _estimate_user_gas(self, tx: evm_tx.UnsignedTransaction) -> int:
-        params = {"from": tx.sender, "to": tx.to, "value": tx.value, "data": _hex(tx.data)}
+        params = {"from": tx.sender, "to": tx.to, "value": tx.value, "data": to_hex(tx.data)}
         try:
             estimated = int(await self._w3.eth.estimate_gas(cast(Any, params)))
         except (Web3Exception, TimeoutError, aiohttp.ClientError, OSError):
             # The user may not hold the funds yet when the approval is issued; the
             # builder's default limit covers a plain transfer.
             return tx.gas
-        return _with_headroom(estimated, self._options.gas_headroom_percent)
+        return with_headroom(estimated, self._options.gas_headroom_percent)
 
     # ------------------------------------------------------------ relaying (impl)
 
@@ -1126,11 +885,11 @@ class EvmAdapter:
         self, token: TokenInfo, authorizer: str, nonce: bytes, from_block: int
     ) -> str | None:
         topics = [
-            _hex(evm_tx.TOPIC_AUTHORIZATION_USED),
+            to_hex(evm_tx.TOPIC_AUTHORIZATION_USED),
             "0x" + "00" * 12 + authorizer[2:].lower(),
-            _hex(nonce),
+            to_hex(nonce),
         ]
-        with _translated("search AuthorizationUsed logs"):
+        with translated("search AuthorizationUsed logs"):
             logs = await self._w3.eth.get_logs(
                 cast(
                     Any,
@@ -1143,7 +902,7 @@ class EvmAdapter:
                 )
             )
         for entry in logs:
-            return _hex(entry["transactionHash"])
+            return to_hex(entry["transactionHash"])
         return None
 
     # ------------------------------------------------------------- node helpers
@@ -1151,7 +910,7 @@ class EvmAdapter:
     async def _fees(self, *, urgent: bool = False) -> tuple[int, int]:
         """(maxFeePerGas, maxPriorityFeePerGas): twice the base fee absorbs six full
         blocks of base-fee growth before a transaction stops being includable."""
-        with _translated("read fees"):
+        with translated("read fees"):
             block = await self._w3.eth.get_block("latest")
             priority = int(await self._w3.eth.max_priority_fee)
         base = int(block.get("baseFeePerGas", 0) or 0)
@@ -1219,11 +978,11 @@ class EvmAdapter:
         await self._relayer.heal()
 
     async def _block_number(self) -> int:
-        with _translated("read block number"):
+        with translated("read block number"):
             return int(await self._w3.eth.block_number)
 
     async def _latest_block_time_s(self) -> int:
-        with _translated("read latest block"):
+        with translated("read latest block"):
             block = await self._w3.eth.get_block("latest")
         return int(block["timestamp"])
 
@@ -1235,18 +994,18 @@ class EvmAdapter:
         return max(int(time.time()), await self._latest_block_time_s())
 
     async def _call(self, to: str, data: bytes, block: str | int = "latest") -> bytes:
-        with _translated("call"):
+        with translated("call"):
             result = await self._w3.eth.call(
-                cast(Any, {"to": to, "data": _hex(data)}), cast(Any, block)
+                cast(Any, {"to": to, "data": to_hex(data)}), cast(Any, block)
             )
         return bytes(result)
 
     async def _estimate(self, sender: str, to: str, data: bytes) -> int:
-        with _translated("estimate gas"):
+        with translated("estimate gas"):
             gas = await self._w3.eth.estimate_gas(
-                cast(Any, {"from": sender, "to": to, "data": _hex(data)})
+                cast(Any, {"from": sender, "to": to, "data": to_hex(data)})
             )
-        return _with_headroom(int(gas), self._options.gas_headroom_percent)
+        return with_headroom(int(gas), self._options.gas_headroom_percent)
 
     async def _authorization_used(
         self, token: TokenInfo, authorizer: str, nonce: bytes, block: str | int
@@ -1255,71 +1014,11 @@ class EvmAdapter:
         return evm_tx.decode_bool(await self._call(token.address, data, block))
 
     async def _raw_rpc(self, method: str, params: list[Any]) -> Any:
-        with _translated(method):
+        with translated(method):
             response = await self._w3.provider.make_request(cast(Any, method), params)
         if "error" in response:
             raise ChainUnavailable(f"{method}: {response['error']}")
         return response.get("result")
-
-    # ------------------------------------------------------------ local set-up
-
-    async def _check_chain_id(self) -> None:
-        with _translated("read chain id"):
-            actual = int(await self._w3.eth.chain_id)
-        if actual != self.chain_id:
-            raise ChainError(
-                f"{self.rpc_url} is chain {actual}, the registry says {self.network.name} is "
-                f"{self.chain_id}",
-                code="wrong_chain",
-            )
-
-    async def _fund_relayer(self) -> None:
-        if await self.relayer_balance_wei() < self._options.relayer_min_balance_wei:
-            await self._raw_rpc(
-                "anvil_setBalance",
-                [self._relayer.address, evm_tx.quantity(self._options.relayer_min_balance_wei)],
-            )
-
-    async def _deploy_test_tokens(self) -> None:
-        """Deploy ZpayTestUSD for each token without an address. The i-th such token is the
-        relayer's i-th transaction ever, so its address is a pure function of the relayer
-        key: a restarted zpay (anvil state kept) finds the same contract again."""
-        missing = sorted(s for s, t in self._tokens.items() if not t.address)
-        if not missing:
-            return
-        artifact = load_test_token_artifact()
-        for index, symbol in enumerate(missing):
-            token = self._tokens[symbol]
-            expected = evm_tx.contract_address(self._relayer.address, index)
-            with _translated("read code"):
-                code = bytes(await self._w3.eth.get_code(cast(Any, expected)))
-            if not code:
-                if await self._relayer._chain_nonce("pending") != index:
-                    raise ChainError(
-                        f"cannot deploy {symbol}: the relayer {self._relayer.address} already "
-                        "has unrelated transactions on this chain; use a fresh relayer key",
-                        code="local_setup_failed",
-                    )
-                bytecode = bytes.fromhex(str(artifact["bytecode"]).removeprefix("0x"))
-                data = bytecode + evm_tx.encode_constructor_args(
-                    token.eip712_name or symbol, symbol, token.eip712_version or "1"
-                )
-                with _translated("estimate deploy gas"):
-                    gas = int(
-                        await self._w3.eth.estimate_gas(
-                            cast(Any, {"from": self._relayer.address, "data": _hex(data)})
-                        )
-                    )
-                sent = await self._relayer.send(
-                    to=None, data=data, gas=_with_headroom(gas, self._options.gas_headroom_percent)
-                )
-                receipt = await self._wait_receipt(sent.tx_hash, relayer=True)
-                if receipt["status"] != 1 or not evm_tx.same_address(
-                    str(receipt["contractAddress"]), expected
-                ):
-                    raise ChainError(f"deploying {symbol} failed", code="local_setup_failed")
-                log.info("deployed %s test token at %s", symbol, expected)
-            self._tokens[symbol] = replace(token, address=expected)
 
     # ------------------------------------------------------------------ tokens
 
@@ -1406,30 +1105,3 @@ def _receipt_has_transfer(
         ):
             return True
     return False
-
-
-def _decode_key(text: str) -> bytes:
-    try:
-        secret = bytes.fromhex(text.strip().removeprefix("0x"))
-    except ValueError:
-        raise ChainError("the EVM relayer key must be 32 bytes of hex") from None
-    evm_tx.address_of(secret)  # validates length and range, without echoing the key
-    return secret
-
-
-def _load_or_create_key(path: Path) -> bytes:
-    if path.exists():
-        return _decode_key(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = evm_tx.new_private_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("0x" + secret.hex() + "\n")
-    return secret
-
-
-def load_test_token_artifact() -> dict[str, Any]:
-    """The committed build of chains/evm/contracts/ZpayTestUSD.sol (abi + bytecode)."""
-    path = chains_data_dir() / "evm" / "artifacts" / "ZpayTestUSD.json"
-    artifact: dict[str, Any] = json.loads(path.read_text())
-    return artifact
