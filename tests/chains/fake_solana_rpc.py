@@ -1,7 +1,8 @@
 """A small Solana JSON-RPC server over LiteSVM, so the RPC backend (solana-py's AsyncClient,
 the production path) can be tested without a validator.
 
-It serves exactly the methods `zpay.chains.solana.RpcBackend` uses, with the response
+It serves exactly the methods `zpay.chains.solana.RpcBackend` uses (including the test
+validator's `requestAirdrop`, paid from the LiteSVM chain's own fee payer), with the response
 shapes of a real node (built with solders' own response types, so the client parses them
 as it parses a validator's). Knobs mimic what a real cluster does that LiteSVM does not:
 
@@ -16,12 +17,15 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.rpc.errors import SendTransactionPreflightFailureMessage
 from solders.rpc.responses import (
@@ -29,14 +33,17 @@ from solders.rpc.responses import (
     GetBlockHeightResp,
     GetGenesisHashResp,
     GetLatestBlockhashResp,
+    GetMinimumBalanceForRentExemptionResp,
     GetSignatureStatusesResp,
     IsBlockhashValidResp,
+    RequestAirdropResp,
     RpcBlockhash,
     RpcResponseContext,
     RpcSimulateTransactionResult,
     SendTransactionResp,
 )
 from solders.signature import Signature
+from solders.system_program import TransferParams, transfer
 from solders.transaction import Transaction
 from solders.transaction_status import (
     TransactionConfirmationStatus,
@@ -47,10 +54,13 @@ from solders.transaction_status import (
 from zpay.chains.protocol import TransferState
 from zpay.chains.solana import TxRejected
 from zpay.chains.solana_local import LocalChain
-from zpay.chains.solana_tx import Refusal
+from zpay.chains.solana_tx import MEMO_PROGRAM_ID, Refusal
 
 # A real node hands out blockhashes valid for 150 more blocks.
 _BLOCKHASH_WINDOW = 150
+# Default rent: 3480 lamports per byte-year, exempt at two years; 128 bytes of overhead.
+_RENT_LAMPORTS_PER_BYTE = 3480 * 2
+_ACCOUNT_OVERHEAD_BYTES = 128
 
 
 class FakeSolanaRpc:
@@ -143,6 +153,32 @@ class FakeSolanaRpc:
             err = None if status.state is TransferState.CONFIRMED else _GENERIC_FAILURE
             statuses.append(TransactionStatus(1, 0, err, err, level))
         return GetSignatureStatusesResp(statuses, self._context()).to_json()
+
+    def _rpc_getMinimumBalanceForRentExemption(self, params: list[Any]) -> str:
+        size = int(params[0])
+        lamports = (size + _ACCOUNT_OVERHEAD_BYTES) * _RENT_LAMPORTS_PER_BYTE
+        return GetMinimumBalanceForRentExemptionResp(lamports).to_json()
+
+    def _rpc_requestAirdrop(self, params: list[Any]) -> str:
+        """A test validator's faucet: a transfer from the chain's fee payer (with a memo, so
+        two equal airdrops are two transactions)."""
+        to, lamports = Pubkey.from_string(params[0]), int(params[1])
+        payer = self.chain.fee_payer
+        blockhash = self.chain.latest_blockhash().blockhash
+        instructions = [
+            transfer(TransferParams(from_pubkey=payer.pubkey(), to_pubkey=to, lamports=lamports)),
+            Instruction(MEMO_PROGRAM_ID, f"airdrop {uuid.uuid4().hex}".encode(), []),
+        ]
+        message = Message.new_with_blockhash(instructions, payer.pubkey(), blockhash)
+        transaction = Transaction([payer], message, blockhash)
+        try:
+            self.chain.process(transaction)
+        except TxRejected as exc:
+            return _error(0, -32600, f"airdrop failed: {exc}")
+        signature = transaction.signatures[0]
+        with self._lock:
+            self._polls_left[signature] = self.pending_polls
+        return RequestAirdropResp(signature).to_json()
 
     def _rpc_sendTransaction(self, params: list[Any]) -> str:
         config = params[1] if len(params) > 1 else {}

@@ -16,6 +16,14 @@ async def build_adapter(name: str, settings: Settings) -> ChainAdapter:
 
         if spec.info.local and not spec.rpc_url:
             return SolanaAdapter.local(spec, state_dir=_state_dir(settings, name))
+        if spec.info.local:
+            # A test validator: sets up its own fee payer, faucet and mints.
+            return await SolanaAdapter.local_rpc(
+                spec,
+                state_dir=_state_dir(settings, name),
+                commitment=settings.solana_commitment,
+                confirm_timeout_s=settings.confirm_timeout_s,
+            )
         import base58
 
         return SolanaAdapter.rpc(

@@ -3,7 +3,9 @@
 The adapter only sends: transactions are built and checked by the pure functions of
 `zpay.chains.solana_tx`. It talks to the chain through a small `SolanaBackend`, with two
 implementations: `RpcBackend` (JSON-RPC through solana-py's AsyncClient: devnet, mainnet,
-a test validator) and the embedded LiteSVM network of `zpay.chains.solana_local`.
+a test validator) and the embedded LiteSVM network of `zpay.chains.solana_local`. A local
+network reached over RPC (a test validator) sets up its own fee payer, faucet and mints
+through `zpay.chains.solana_bootstrap`.
 
 Idempotency comes from the chain itself: a transaction's id is its fee payer signature,
 known before sending, and the chain never processes the same signature twice while its
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -257,6 +260,20 @@ class RpcBackend:
         resp = await self._call("getGenesisHash", self._client.get_genesis_hash)
         return f"genesis:{resp.value}"
 
+    async def request_airdrop(self, pubkey: Pubkey, lamports: int) -> Signature:
+        """Test validators (and devnet) only: SOL for `pubkey`; the airdrop's signature."""
+        resp = await self._call(
+            "requestAirdrop", lambda: self._client.request_airdrop(pubkey, lamports)
+        )
+        return resp.value
+
+    async def minimum_balance_for_rent_exemption(self, size: int) -> int:
+        resp = await self._call(
+            "getMinimumBalanceForRentExemption",
+            lambda: self._client.get_minimum_balance_for_rent_exemption(size, self._commitment),
+        )
+        return resp.value
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -271,7 +288,8 @@ def _rpc_error_text(exc: RPCException) -> str:
 
 
 class SolanaAdapter:
-    """`ChainAdapter` for Solana. Build with `SolanaAdapter.local(...)` or `.rpc(...)`."""
+    """`ChainAdapter` for Solana. Build with `SolanaAdapter.local(...)`, `.local_rpc(...)`
+    or `.rpc(...)`."""
 
     network: NetworkInfo
 
@@ -284,6 +302,8 @@ class SolanaAdapter:
         tokens: Mapping[str, TokenInfo],
         confirm_timeout_s: float = 30.0,
         local_chain: LocalChain | None = None,
+        faucet_authority: Keypair | None = None,
+        instance_id: str | None = None,
     ) -> None:
         if network.family is not Family.SOLANA:
             raise ChainError(f"{network.name} is not a Solana network", code="invalid_config")
@@ -293,6 +313,9 @@ class SolanaAdapter:
         self._tokens = dict(tokens)
         self._confirm_timeout_s = confirm_timeout_s
         self._local = local_chain
+        # A local network over RPC: the mint authority of its test tokens, and its identity.
+        self._faucet_authority = faucet_authority
+        self._instance_id = instance_id
         # reference -> blockhash of transfers prepared or submitted by this process, so a
         # dropped transfer can be reported FAILED (not UNKNOWN) once its blockhash lapsed.
         self._blockhash_of: OrderedDict[str, Hash] = OrderedDict()
@@ -328,6 +351,63 @@ class SolanaAdapter:
             fee_payer=chain.fee_payer,
             tokens=tokens,
             local_chain=chain,
+        )
+
+    @classmethod
+    async def local_rpc(
+        cls,
+        spec: NetworkSpec,
+        state_dir: Path,
+        commitment: str = "confirmed",
+        confirm_timeout_s: float = 30.0,
+        *,
+        request_timeout_s: float = 10.0,
+        poll_interval_s: float = 0.4,
+    ) -> SolanaAdapter:
+        """A local network at `spec.rpc_url` (a test validator) that sets itself up like the
+        embedded one: fee payer, faucet and mints created on first start, kept in
+        `state_dir` (see `zpay.chains.solana_bootstrap`). The faucet works; `instance_id`
+        is the validator's genesis hash."""
+        from zpay.chains.solana_bootstrap import bootstrap_local_rpc
+
+        if not spec.info.local:
+            raise ChainError(
+                f"{spec.info.name} is not a local network; it cannot set itself up",
+                code="invalid_config",
+            )
+        backend = RpcBackend(
+            spec.rpc_url,
+            commitment=commitment,
+            request_timeout_s=request_timeout_s,
+            poll_interval_s=poll_interval_s,
+        )
+        try:
+            state = await bootstrap_local_rpc(
+                backend,
+                state_dir,
+                tokens={symbol: t.decimals for symbol, t in spec.tokens.items()},
+                confirm_timeout_s=confirm_timeout_s,
+            )
+        except BaseException:
+            await backend.close()
+            raise
+        tokens = {
+            symbol: TokenInfo(
+                symbol=symbol,
+                address=str(state.mints[symbol][0]),
+                decimals=t.decimals,
+                max_base_units=stx.U64_MAX,
+            )
+            for symbol, t in spec.tokens.items()
+        }
+        return cls(
+            network=spec.info,
+            backend=backend,
+            fee_payer=state.fee_payer,
+            tokens=tokens,
+            confirm_timeout_s=confirm_timeout_s,
+            faucet_authority=state.faucet,
+            instance_id=state.instance_id,
         )
 
     @classmethod
@@ -385,8 +465,9 @@ class SolanaAdapter:
 
     @property
     def instance_id(self) -> str | None:
-        """Identity of the embedded chain's persisted state (None on RPC networks)."""
-        return self._local.instance_id if self._local is not None else None
+        """Identity of a local chain: the embedded chain's persisted state, or the genesis
+        hash of a local validator reached over RPC (None on public networks)."""
+        return self._local.instance_id if self._local is not None else self._instance_id
 
     async def chain_instance_id(self) -> str:
         """Identity of the chain, on every backend: the embedded chain's instance id, or
@@ -731,15 +812,52 @@ class SolanaAdapter:
         return ChainReceipt(tx_id=str(signature), amount_base_units=state.amount)
 
     async def faucet(self, address: str, token: TokenInfo, amount_base_units: int) -> ChainReceipt:
-        if self._local is None or not self.network.local:
+        if not self.network.local or (self._local is None and self._faucet_authority is None):
             raise FlowNotSupported(
                 f"the faucet is only available on local networks, not {self.network.name}"
             )
         owner = stx.parse_pubkey(address)
         mint = _mint_of(token)
         stx.check_amount(amount_base_units, max_base_units=token.max_base_units)
-        tx_id = self._local.faucet_mint(owner, mint, amount_base_units)
-        return ChainReceipt(tx_id=tx_id, amount_base_units=amount_base_units)
+        if self._local is not None:
+            tx_id = self._local.faucet_mint(owner, mint, amount_base_units)
+            return ChainReceipt(tx_id=tx_id, amount_base_units=amount_base_units)
+        assert self._faucet_authority is not None
+        if all(t.address != token.address for t in self._tokens.values()):
+            raise ChainError(f"{mint} is not a mint of {self.network.name}", code="unknown_token")
+        recent = await self._backend.latest_blockhash()
+        transaction = stx.build_faucet_mint(
+            fee_payer=self._fee_payer,
+            mint_authority=self._faucet_authority,
+            owner=owner,
+            mint=mint,
+            decimals=token.decimals,
+            amount_base_units=amount_base_units,
+            recent_blockhash=recent.blockhash,
+            nonce=uuid.uuid4().hex,  # two identical faucet calls must both mint
+        )
+        signature = transaction.signatures[0]
+        try:
+            await self._backend.send(transaction)
+        except TxRejected as exc:
+            if exc.refusal is Refusal.FEE_PAYER_UNFUNDED:
+                raise _fee_payer_unfunded(exc) from None
+            raise ChainError(f"faucet refused: {exc}", code="faucet_failed") from None
+        status = await self._settle(
+            TransferStatus(TransferState.PENDING, str(signature)),
+            signature,
+            recent.blockhash,
+            self._confirm_timeout_s,
+        )
+        if status.state is TransferState.FAILED:
+            raise ChainError(
+                f"faucet mint {signature} failed: {status.error}", code="faucet_failed"
+            )
+        if status.state is not TransferState.CONFIRMED:
+            raise ConfirmationTimeout(
+                f"faucet mint {signature} not confirmed within {self._confirm_timeout_s:g}s"
+            )
+        return ChainReceipt(tx_id=str(signature), amount_base_units=amount_base_units)
 
     async def close(self) -> None:
         await self._backend.close()

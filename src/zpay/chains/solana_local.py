@@ -51,6 +51,7 @@ from spl.token.constants import MINT_LEN
 from zpay.chains import solana_tx as stx
 from zpay.chains.protocol import ChainError, ChainUnavailable, TransferState, TransferStatus
 from zpay.chains.solana import RecentBlockhash, TxRejected
+from zpay.chains.solana_bootstrap import atomic_write
 
 __all__ = ["LocalBackend", "LocalChain"]
 
@@ -279,7 +280,7 @@ class LocalChain:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
-        _atomic_write(self._ledger_path, snapshot)
+        atomic_write(self._ledger_path, snapshot)
         self._ledger = open(self._ledger_path, "ab")  # noqa: SIM115 - held until close()
         self._snapshot_bytes = self._ledger_bytes = len(snapshot)
 
@@ -352,7 +353,7 @@ class LocalChain:
                 for symbol, (mint, decimals) in self._mints.items()
             },
         }
-        _atomic_write(state_dir / STATE_FILE, json.dumps(document, indent=2).encode())
+        atomic_write(state_dir / STATE_FILE, json.dumps(document, indent=2).encode())
 
     def _load(self, state_dir: Path) -> None:
         try:
@@ -521,21 +522,3 @@ def _apply_frame(
             accounts[pubkey] = account
     signatures.update(new_signatures)
     return height
-
-
-def _atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # O_CREAT keeps an existing file's mode; start from a fresh one
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
