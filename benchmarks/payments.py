@@ -83,7 +83,9 @@ def bench(chain: str, payments: int, agents: int) -> LoadResult:
                     json={"session_key_id": key_id, "amount": "1", "recipient": to})
                 ok = resp.status_code == 201 and resp.json()["status"] == "succeeded"
                 if not ok and len(FAILURES) < 5:
-                    FAILURES.append(f"{chain}: {resp.status_code} {resp.text[:300]}")
+                    body = resp.json()
+                    FAILURES.append(f"{chain}: {resp.status_code} {body.get('status')} "
+                                    f"{body.get('failure_code') or body.get('code')}")
                 return ok
 
             return asyncio.run(closed_loop(agents, payments, pay, server.url))
@@ -95,10 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--payments", type=int, default=800)
     parser.add_argument("--agents", type=int, default=16)
+    parser.add_argument("--chains", default="solana-local,evm-local")
     args = parser.parse_args()
-    results = {chain: bench(chain, args.payments, args.agents)
-               for chain in ("solana-local", "evm-local")}
-    base = results["solana-local"].per_second
+    chains = args.chains.split(",")
+    results = {chain: bench(chain, args.payments, args.agents) for chain in chains}
+    base = results[chains[0]].per_second
     rows = [[chain, f"{r.per_second:,.1f}", f"{r.quantile(0.5):.0f}", f"{r.quantile(0.99):.0f}",
              str(r.errors), f"{r.per_second / base:.2f}x"] for chain, r in results.items()]
     print(f"\n{args.agents} concurrent agents, {args.payments} payments, request -> confirmed\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -220,6 +221,18 @@ def _capture(s: AsyncSession, key: SessionKey, payment: Payment, tx_id: str | No
              object_type="session_key", object_id=key.id, data=session_key_view(key), now=now)
 
 
+def _failure_code(payment_id: str, status: TransferStatus) -> str:
+    """A stable code for `failure_code`: zpay's own codes pass through; an adapter's prose
+    (what the chain said) goes to the log and the payment says `transfer_failed`."""
+    if status.error and _CODE.fullmatch(status.error):
+        return status.error
+    log.warning("payment %s failed on chain: %s", payment_id, status.error)
+    return "transfer_failed"
+
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 async def settle(ctx: AppContext, payment_id: str, status: TransferStatus,
                  *, only_if: PaymentStatus | None = None) -> dict[str, Any]:
     """Step 3: confirmed → capture; failed → release; pending → leave for reconciliation.
@@ -239,7 +252,7 @@ async def settle(ctx: AppContext, payment_id: str, status: TransferStatus,
         if status.state is TransferState.CONFIRMED:
             _capture(s, key, payment, status.tx_id or payment.tx_reference, now)
         elif status.state is TransferState.FAILED:
-            _release(s, key, payment, status.error or "transfer_failed", await _policy(s, payment),
+            _release(s, key, payment, _failure_code(payment.id, status), await _policy(s, payment),
                      now)
         return _view(payment, key)
 
