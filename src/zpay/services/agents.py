@@ -12,6 +12,7 @@ from zpay.domain.errors import Conflict, InvalidRequest, NotFound
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.pagination import Page, page_body
+from zpay.services.tenancy import fetch_owned
 from zpay.services.views import agent_view
 from zpay.store.ids import new_id
 from zpay.store.models import Agent, Merchant
@@ -25,11 +26,8 @@ async def _environment(s: AsyncSession, merchant_id: str) -> str:
 
 async def load_agent(s: AsyncSession, principal: Principal, agent_id: str,
                      *, lock: bool = False) -> Agent:
-    stmt = select(Agent).where(Agent.id == agent_id, Agent.merchant_id == principal.merchant_id,
-                               Agent.status != "deleted")
-    if lock:
-        stmt = stmt.with_for_update()
-    agent = (await s.execute(stmt)).scalar()
+    agent = await fetch_owned(s, Agent, agent_id, principal, lock=lock,
+                              where=(Agent.status != "deleted",))
     if agent is None or (principal.agent_id is not None and principal.agent_id != agent.id):
         raise NotFound(f"no agent {agent_id!r}", code="agent_not_found")
     return agent

@@ -25,6 +25,7 @@ from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.requests import Request
 from zpay.services.sessions import load_session, policy_state, resolve_expiry
+from zpay.services.tenancy import fetch_owned, visible
 from zpay.services.views import amount, approval_view, attempt_view, session_key_view
 from zpay.store.ids import new_id
 from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
@@ -57,11 +58,7 @@ def token_of(key: SessionKey, adapter: ChainAdapter) -> TokenInfo:
 
 async def load_key(s: AsyncSession, principal: Principal, key_id: str,
                    *, lock: bool = False) -> SessionKey:
-    stmt = select(SessionKey).where(SessionKey.id == key_id,
-                                    SessionKey.merchant_id == principal.merchant_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    key = (await s.execute(stmt)).scalar()
+    key = await fetch_owned(s, SessionKey, key_id, principal, lock=lock)
     if key is None or (principal.agent_id is not None and key.agent_id != principal.agent_id) or (
         principal.policy_session_id is not None
         and key.policy_session_id != principal.policy_session_id
@@ -279,9 +276,7 @@ async def list_session_keys(ctx: AppContext, principal: Principal, page: Page,
                             status: str | None = None,
                             agent_id: str | None = None) -> dict[str, Any]:
     async with ctx.db.sessions() as s:
-        stmt = select(SessionKey).where(SessionKey.merchant_id == principal.merchant_id)
-        if principal.agent_id is not None:
-            stmt = stmt.where(SessionKey.agent_id == principal.agent_id)
+        stmt = visible(SessionKey, principal)
         if agent_id is not None:
             stmt = stmt.where(SessionKey.agent_id == agent_id)
         if status is not None:

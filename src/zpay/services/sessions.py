@@ -20,6 +20,7 @@ from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.requests import Request
+from zpay.services.tenancy import fetch_owned, visible
 from zpay.services.views import amount, policy_session_view, ts
 from zpay.store.ids import new_id
 from zpay.store.models import Merchant, Payment, PolicySession, SessionKey
@@ -101,11 +102,7 @@ async def policy_state(s: AsyncSession, policy: PolicySession, now: datetime) ->
 
 async def load_session(s: AsyncSession, principal: Principal, session_id: str,
                        *, lock: bool = False) -> PolicySession:
-    stmt = select(PolicySession).where(PolicySession.id == session_id,
-                                       PolicySession.merchant_id == principal.merchant_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = (await s.execute(stmt)).scalar()
+    row = await fetch_owned(s, PolicySession, session_id, principal, lock=lock)
     if row is None or (principal.agent_id is not None and row.agent_id != principal.agent_id):
         raise NotFound(f"no session {session_id!r}", code="session_not_found")
     return row
@@ -190,9 +187,7 @@ async def get_session(ctx: AppContext, principal: Principal, session_id: str) ->
 async def list_sessions(ctx: AppContext, principal: Principal, page: Page,
                         agent_id: str | None = None) -> dict[str, Any]:
     async with ctx.db.sessions() as s:
-        stmt = select(PolicySession).where(PolicySession.merchant_id == principal.merchant_id)
-        if principal.agent_id is not None:
-            stmt = stmt.where(PolicySession.agent_id == principal.agent_id)
+        stmt = visible(PolicySession, principal)
         if agent_id is not None:
             stmt = stmt.where(PolicySession.agent_id == agent_id)
         rows = (await s.execute(page.apply(stmt, PolicySession.id))).scalars().all()

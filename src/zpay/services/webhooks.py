@@ -19,6 +19,7 @@ from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.events import EVENT_TYPES
 from zpay.services.pagination import Page, page_body
+from zpay.services.tenancy import fetch_owned
 from zpay.services.views import delivery_view, endpoint_view
 from zpay.store.ids import new_id
 from zpay.store.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -79,11 +80,7 @@ def _checked_types(types: Iterable[str] | None) -> list[str] | None:
 
 async def load_endpoint(s: AsyncSession, principal: Principal, endpoint_id: str,
                         *, lock: bool = False) -> WebhookEndpoint:
-    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id,
-                                         WebhookEndpoint.merchant_id == principal.merchant_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = (await s.execute(stmt)).scalar()
+    row = await fetch_owned(s, WebhookEndpoint, endpoint_id, principal, lock=lock)
     if row is None:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}", code="webhook_endpoint_not_found")
     return row
