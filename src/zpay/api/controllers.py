@@ -26,10 +26,6 @@ from zpay.services.pagination import Page
 Json = dict[str, Any]
 
 
-def _fields(body: msgspec.Struct) -> Json:
-    return msgspec.structs.asdict(body)
-
-
 class AgentController(Controller):
     path = "/v1/agents"
     tags = ["agents"]
@@ -164,9 +160,9 @@ class PaymentController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
-        fields = _fields(data)
-        stored = await idempotency.claim(ctx, principal.merchant_id, key,
-                                         idempotency.request_fingerprint(fields))
+        stored = await idempotency.claim(
+            ctx, principal.merchant_id, key,
+            idempotency.request_fingerprint(msgspec.structs.asdict(data)))
         if stored is not None:
             return _json(stored.status, stored.body, replayed=True)
         try:

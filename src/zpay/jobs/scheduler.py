@@ -26,6 +26,7 @@ from zpay.jobs.expiry import expire_due
 from zpay.jobs.reconcile import reconcile_payments
 from zpay.jobs.refunds import run_refunds
 from zpay.services.context import AppContext
+from zpay.services.idempotency import purge_expired
 from zpay.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class _Runner:
 
     def jobs(self) -> dict[str, Callable[[], Awaitable[object]]]:
         return {"expire": lambda: expire_due(self.ctx), "refunds": lambda: run_refunds(self.ctx),
-                "reconcile": lambda: reconcile_payments(self.ctx), "webhooks": self.webhooks}
+                "reconcile": lambda: reconcile_payments(self.ctx), "webhooks": self.webhooks,
+                "idempotency": lambda: purge_expired(self.ctx)}
 
     async def run(self, name: str) -> None:
         task = asyncio.current_task()

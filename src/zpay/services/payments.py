@@ -60,12 +60,8 @@ async def _authorize(ctx: AppContext, principal: Principal, req: PaymentRequest,
         value = parse_amount(req.amount, decimals=token.decimals,
                              max_base_units=token.max_base_units)
         recipient = adapter.validate_address(req.recipient)
-        policy_row: PolicySession | None = None
-        policy = None
-        if key.policy_session_id is not None:
-            policy_row = (await s.execute(select(PolicySession).where(
-                PolicySession.id == key.policy_session_id).with_for_update())).scalar_one()
-            policy = await policy_state(s, policy_row, now)
+        policy_row = await _lock_policy(s, key.policy_session_id)
+        policy = await policy_state(s, policy_row, now) if policy_row is not None else None
         decision = authorize(value, key=key_state(key), policy=policy, recipient=recipient,
                              chain=key.chain, now=now)
         refusal = None if decision.allowed else decision.reason
@@ -149,7 +145,7 @@ async def _submit_and_settle(ctx: AppContext, payment: Payment, key: SessionKey,
             # Revocation is immediate: nothing was sent yet, so the payment fails.
             code = (Reason.SESSION_KEY_REVOKED if key.status == KeyStatus.REVOKED
                     else Reason.SESSION_KEY_EXPIRED)
-            _release(s, key, row, code, await _policy(s, row), ctx.now())
+            _release(s, key, row, code, await _lock_policy(s, row.policy_session_id), ctx.now())
             return _view(row, key)
         row.status, row.tx_reference = PaymentStatus.SUBMITTED.value, prepared.reference
         row.tx_payload = prepared.payload
@@ -186,11 +182,11 @@ async def _lock_payment(s: AsyncSession, payment_id: str) -> Payment:
                             )).scalar_one()
 
 
-async def _policy(s: AsyncSession, payment: Payment) -> PolicySession | None:
-    if payment.policy_session_id is None:
+async def _lock_policy(s: AsyncSession, policy_session_id: str | None) -> PolicySession | None:
+    if policy_session_id is None:
         return None
     return (await s.execute(select(PolicySession).where(
-        PolicySession.id == payment.policy_session_id).with_for_update())).scalar_one()
+        PolicySession.id == policy_session_id).with_for_update())).scalar_one()
 
 
 def _release(s: AsyncSession, key: SessionKey, payment: Payment, code: str,
@@ -252,8 +248,8 @@ async def settle(ctx: AppContext, payment_id: str, status: TransferStatus,
         if status.state is TransferState.CONFIRMED:
             _capture(s, key, payment, status.tx_id or payment.tx_reference, now)
         elif status.state is TransferState.FAILED:
-            _release(s, key, payment, _failure_code(payment.id, status), await _policy(s, payment),
-                     now)
+            policy = await _lock_policy(s, payment.policy_session_id)
+            _release(s, key, payment, _failure_code(payment.id, status), policy, now)
         return _view(payment, key)
 
 
