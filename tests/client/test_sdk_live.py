@@ -115,8 +115,10 @@ async def scenario(ctx: AppContext, z: Any, run: Runner) -> None:
     assert key.approval is not None and key.linked_session_id == session.id
     renewed = await run(z.session_keys.renew_approval, key.id)
     assert renewed.id != key.approval.id and renewed.kind == "funding"
-    with pytest.raises(InvalidRequest):  # the superseded approval can no longer be submitted
-        await run(z.session_keys.submit_approval, key.id, user.sign_approval(key))
+    # Every renewal shares its funding's identity: with the chain's blockhash unchanged the
+    # renewal IS the same transaction (one signature, so it can land once), never a second
+    # debit of the user.
+    assert renewed.raw["approval_transaction"] == key.approval.raw["approval_transaction"]
     key = await run(z.session_keys.approve, key.id, user)
     assert (key.status, key.funded_amount) == ("active", Decimal(40))
     assert (await run(z.session_keys.get_status, key.id)).remaining_amount == Decimal(40)

@@ -7,17 +7,19 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from zpay.services.context import AppContext
-from zpay.services.idempotency import claim, purge_expired
+from zpay.services.idempotency import purge_expired, remember
 from zpay.services.merchants import create_merchant
 from zpay.store.models import IdempotencyRecord
 
 
 async def test_purge_removes_only_expired_records(ctx: AppContext) -> None:
     merchant = await create_merchant(ctx, "m")
-    assert await claim(ctx, merchant.merchant_id, "old", "h1") is None
+    async with ctx.db.transaction() as s:
+        remember(s, ctx, merchant.merchant_id, "old", "h1", refusal={"code": "x", "message": "x"})
     later = ctx.now() + timedelta(seconds=ctx.settings.idempotency_ttl_s + 1)
     ctx.clock = lambda: later
-    assert await claim(ctx, merchant.merchant_id, "new", "h2") is None
+    async with ctx.db.transaction() as s:
+        remember(s, ctx, merchant.merchant_id, "new", "h2", refusal={"code": "x", "message": "x"})
     assert await purge_expired(ctx) == 1
     async with ctx.db.sessions() as s:
         keys = (await s.execute(select(IdempotencyRecord.key))).scalars().all()

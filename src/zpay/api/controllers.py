@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Response, delete, get, post
 from litestar.params import HeaderParameter
 
@@ -16,9 +15,15 @@ from zpay.api.schemas import (
     LinkRequest,
     TopUpCreate,
 )
-from zpay.chains.protocol import ChainError
-from zpay.domain.errors import ZpayError
-from zpay.services import agents, faucet, idempotency, payments, session_keys, sessions
+from zpay.services import (
+    agents,
+    approvals,
+    faucet,
+    idempotency,
+    payments,
+    session_keys,
+    sessions,
+)
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.pagination import Page
@@ -103,28 +108,28 @@ class SessionKeyController(Controller):
     @post("/{key_id:str}/approval", status_code=200)
     async def submit_approval(self, key_id: str, data: ApprovalSubmit, ctx: AppContext,
                               principal: Principal) -> Json:
-        return await session_keys.submit_approval(ctx, principal, key_id, data.signed())
+        return await approvals.submit_approval(ctx, principal, key_id, data.signed())
 
     @post("/{key_id:str}/approval/renew", status_code=201)
     async def renew_approval(self, key_id: str, ctx: AppContext, principal: Principal) -> Json:
-        return await session_keys.renew_approval(ctx, principal, key_id)
+        return await approvals.renew_approval(ctx, principal, key_id)
 
     @post("/{key_id:str}/top-ups")
     async def top_up(self, key_id: str, data: TopUpCreate, ctx: AppContext,
                      principal: Principal) -> Json:
-        return await session_keys.create_top_up(ctx, principal, key_id, data.amount,
+        return await approvals.create_top_up(ctx, principal, key_id, data.amount,
                                                 data.approval_method)
 
     @post("/{key_id:str}/top-ups/{top_up_id:str}/approval", status_code=200)
     async def submit_top_up(self, key_id: str, top_up_id: str, data: ApprovalSubmit,
                             ctx: AppContext, principal: Principal) -> Json:
-        return await session_keys.submit_approval(ctx, principal, key_id, data.signed(),
+        return await approvals.submit_approval(ctx, principal, key_id, data.signed(),
                                                   approval_id=top_up_id, kind="top_up")
 
     @post("/{key_id:str}/top-ups/{top_up_id:str}/renew", status_code=201)
     async def renew_top_up(self, key_id: str, top_up_id: str, ctx: AppContext,
                            principal: Principal) -> Json:
-        return await session_keys.renew_approval(ctx, principal, key_id, top_up_id, "top_up")
+        return await approvals.renew_approval(ctx, principal, key_id, top_up_id, "top_up")
 
     @post("/{key_id:str}/revoke", status_code=200)
     async def revoke(self, key_id: str, ctx: AppContext, principal: Principal) -> Json:
@@ -160,22 +165,11 @@ class PaymentController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
-        stored = await idempotency.claim(
-            ctx, principal.merchant_id, key,
-            idempotency.request_fingerprint(msgspec.structs.asdict(data)))
-        if stored is not None:
-            return _json(stored.status, stored.body, replayed=True)
-        try:
-            body = await payments.create_payment(ctx, principal, data, key)
-            status = 202 if body["status"] == "submitted" else 201
-        except (ZpayError, ChainError) as exc:
-            status, body = problem_for(exc)
-        except BaseException:
-            await idempotency.release(ctx, principal.merchant_id, key)
-            raise
-        await idempotency.complete(ctx, principal.merchant_id, key,
-                                   idempotency.StoredResponse(status, body))
-        return _json(status, body)
+        outcome = await payments.create_payment(ctx, principal, data, key)
+        if outcome.error is not None:
+            status, body = problem_for(outcome.error)
+            return _json(status, body, replayed=outcome.replayed)
+        return _json(outcome.status_code, outcome.body, replayed=outcome.replayed)
 
     @get()
     async def list_(self, ctx: AppContext, principal: Principal, page: Page,

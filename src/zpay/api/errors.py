@@ -19,6 +19,7 @@ from zpay.domain.errors import (
     Unauthorized,
     ZpayError,
 )
+from zpay.services.chain_errors import message_for, redact
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -32,6 +33,7 @@ _BY_CODE = {
     "approval_rejected": 422, "idempotency_key_reused": 422, "invalid_address": 422,
     "unknown_chain": 422, "unknown_token": 422, "flow_not_supported": 422,
     "transfer_failed": 502, "chain_unavailable": 503, "chain_error": 502,
+    "approval_pending": 202, "approval_in_flight": 409,
 }
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 402: "Payment Refused", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
@@ -52,7 +54,8 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any]]:
             status = next((st for cls, st in _BY_CLASS if isinstance(exc, cls)), 422)
         return problem(status, exc.code, exc.message, **exc.extra)
     if isinstance(exc, ChainError):
-        return problem(_BY_CODE.get(exc.code, 502), exc.code, str(exc))
+        log.warning("chain error reached the API: %s (%s)", redact(str(exc)), exc.code)
+        return problem(_BY_CODE.get(exc.code, 502), exc.code, message_for(exc.code))
     if isinstance(exc, ValidationException):
         return problem(422, "invalid_request", "the request body or parameters are invalid",
                        errors=_safe_extra(exc.extra))

@@ -141,6 +141,10 @@ class PreparedTransfer:
 
     reference: str
     payload: bytes
+    # Validity in chain terms, recorded with the transfer so ANY process can decide
+    # finality from the chain alone: EVM `validBefore` (unix seconds, judged against block
+    # timestamps); Solana the blockhash's last valid block height. None: no bound known.
+    valid_until: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -171,6 +175,24 @@ class ChainAdapter(Protocol):
         """Build the funding approval user_wallet -> session_wallet for the user to sign."""
         ...
 
+    async def prepare_approval(
+        self,
+        *,
+        issued: IssuedApproval,
+        user_wallet: str,
+        session_wallet: str,
+        token: TokenInfo,
+        amount_base_units: int,
+        signed: Mapping[str, Any],
+    ) -> PreparedTransfer:
+        """Check the signed approval against what was issued and return it as a transfer
+        ready to send (co-signed where zpay pays the fees), WITHOUT sending it: the caller
+        records it durably first, then `submit_transfer` / `transfer_status` finish it like
+        any transfer. Raises ApprovalMismatch / ApprovalSignatureInvalid / ApprovalExpired
+        (its validity already lapsed and it never landed); nothing moves when it raises.
+        An approval that already landed is returned all the same (its status says so)."""
+        ...
+
     async def submit_approval(
         self,
         *,
@@ -181,9 +203,9 @@ class ChainAdapter(Protocol):
         amount_base_units: int,
         signed: Mapping[str, Any],
     ) -> ChainReceipt:
-        """Check the signed approval against what was issued, submit it, wait for
-        confirmation. Raises ApprovalMismatch / ApprovalSignatureInvalid /
-        ApprovalExpired / ApprovalRejected; nothing moves when it raises."""
+        """Convenience: prepare, submit and wait for confirmation. Raises
+        ApprovalMismatch / ApprovalSignatureInvalid / ApprovalExpired / ApprovalRejected;
+        nothing moves when it raises."""
         ...
 
     async def prepare_transfer(
@@ -195,16 +217,30 @@ class ChainAdapter(Protocol):
         token: TokenInfo,
         amount_base_units: int,
         reference_seed: str,
+        close_source: bool = False,
     ) -> PreparedTransfer:
         """Sign a transfer from the session wallet; the platform pays fees.
-        `reference_seed` is the payment's identity; it must make the transfer unique."""
+        `reference_seed` is the payment's identity; it must make the transfer unique.
+        `close_source`: the amount is the wallet's whole balance (a refund); the chain may
+        close what the wallet occupies (Solana: its token account, rent back to zpay)."""
         ...
 
     async def submit_transfer(self, prepared: PreparedTransfer) -> None: ...
 
-    async def transfer_status(self, reference: str) -> TransferStatus: ...
+    async def transfer_status(
+        self, reference: str, *, valid_until: int | None = None
+    ) -> TransferStatus:
+        """What the chain says of a transfer, from the chain alone (no process memory):
+        CONFIRMED once landed (and deep enough); FAILED only when the chain PROVES it can
+        never land (EVM: authorization unused at a block stamped past validBefore; Solana:
+        signature unknown while the block height is past `valid_until`); PENDING when it
+        may still land and zpay knows it was sent; UNKNOWN when it may still land but the
+        chain has not seen it (re-sending the recorded payload is safe)."""
+        ...
 
-    async def wait_for_transfer(self, reference: str, *, timeout_s: float) -> TransferStatus: ...
+    async def wait_for_transfer(
+        self, reference: str, *, timeout_s: float, valid_until: int | None = None
+    ) -> TransferStatus: ...
 
     async def balance(self, address: str, token: TokenInfo) -> int: ...
 

@@ -130,6 +130,10 @@ class SolanaBackend(Protocol):
 
     async def is_blockhash_valid(self, blockhash: Hash) -> bool: ...
 
+    async def block_height(self) -> int:
+        """The height `last_valid_block_height` is judged against."""
+        ...
+
     async def send(self, transaction: Transaction) -> None:
         """Submit with preflight; TxRejected when refused (nothing landed)."""
         ...
@@ -198,6 +202,12 @@ class RpcBackend:
         if not isinstance(value, bool):
             raise ChainUnavailable("Solana RPC sent an unreadable answer to isBlockhashValid")
         return value
+
+    async def block_height(self) -> int:
+        resp = await self._call(
+            "getBlockHeight", lambda: self._client.get_block_height(self._commitment)
+        )
+        return int(resp.value)
 
     async def send(self, transaction: Transaction) -> None:
         opts = TxOpts(
@@ -561,16 +571,16 @@ class SolanaAdapter:
         }
         return IssuedApproval(public=public, private=private, expires_at=expires_at)
 
-    async def submit_approval(
+    async def _checked_approval(
         self,
-        *,
         issued: IssuedApproval,
         user_wallet: str,
         session_wallet: str,
         token: TokenInfo,
         amount_base_units: int,
         signed: Mapping[str, Any],
-    ) -> ChainReceipt:
+    ) -> tuple[Transaction, Hash, Pubkey]:
+        """The user's signed approval, checked against what was issued and co-signed."""
         user = stx.parse_pubkey(user_wallet)
         session = stx.parse_pubkey(session_wallet)
         mint = _mint_of(token)
@@ -600,28 +610,75 @@ class SolanaAdapter:
         user_signed = stx.check_signed_approval(
             issued_message=issued_message, signed_transaction=raw, user_wallet=user
         )
-        transaction = stx.cosign_as_fee_payer(user_signed, self._fee_payer)
-        signature = transaction.signatures[0]
-        receipt = ChainReceipt(tx_id=str(signature), amount_base_units=amount_base_units)
+        return stx.cosign_as_fee_payer(user_signed, self._fee_payer), blockhash, user
 
+    async def prepare_approval(
+        self,
+        *,
+        issued: IssuedApproval,
+        user_wallet: str,
+        session_wallet: str,
+        token: TokenInfo,
+        amount_base_units: int,
+        signed: Mapping[str, Any],
+    ) -> PreparedTransfer:
+        transaction, blockhash, _user = await self._checked_approval(
+            issued, user_wallet, session_wallet, token, amount_base_units, signed
+        )
+        signature = transaction.signatures[0]
         # Already landed (a resubmission, possibly after the blockhash lapsed)? Then it is
-        # the same approval: report it, never send again.
+        # the same approval: its status will say so. Unknown and lapsed: it never can.
+        status = await self._backend.signature_status(signature)
+        if status.state is TransferState.UNKNOWN and not await self._backend.is_blockhash_valid(
+            blockhash
+        ):
+            status = await self._backend.signature_status(signature)
+            if status.state is TransferState.UNKNOWN:
+                raise ApprovalExpired(
+                    "the approval's blockhash lapsed before it was submitted; "
+                    "ask the user to sign a fresh approval"
+                )
+        self._remember(str(signature), blockhash)
+        valid_until = issued.private.get("last_valid_block_height")
+        return PreparedTransfer(
+            reference=str(signature),
+            payload=bytes(transaction),
+            valid_until=int(valid_until) if isinstance(valid_until, int) else None,
+        )
+
+    async def submit_approval(
+        self,
+        *,
+        issued: IssuedApproval,
+        user_wallet: str,
+        session_wallet: str,
+        token: TokenInfo,
+        amount_base_units: int,
+        signed: Mapping[str, Any],
+    ) -> ChainReceipt:
+        prepared = await self.prepare_approval(
+            issued=issued,
+            user_wallet=user_wallet,
+            session_wallet=session_wallet,
+            token=token,
+            amount_base_units=amount_base_units,
+            signed=signed,
+        )
+        transaction = Transaction.from_bytes(prepared.payload)
+        signature = transaction.signatures[0]
+        blockhash = transaction.message.recent_blockhash
+        user = stx.parse_pubkey(user_wallet)
+        receipt = ChainReceipt(tx_id=str(signature), amount_base_units=amount_base_units)
         status = await self._backend.signature_status(signature)
         if status.state is TransferState.UNKNOWN:
-            if not await self._backend.is_blockhash_valid(blockhash):
-                status = await self._backend.signature_status(signature)
-                if status.state is TransferState.UNKNOWN:
-                    raise ApprovalExpired(
-                        "the approval's blockhash lapsed before it was submitted; "
-                        "ask the user to sign a fresh approval"
-                    )
-            else:
-                try:
-                    await self._backend.send(transaction)
-                    status = TransferStatus(TransferState.PENDING, str(signature))
-                except TxRejected as exc:
-                    status = await self._approval_rejection(exc, signature, blockhash, user)
-        status = await self._settle(status, signature, blockhash, self._confirm_timeout_s)
+            try:
+                await self._backend.send(transaction)
+                status = TransferStatus(TransferState.PENDING, str(signature))
+            except TxRejected as exc:
+                status = await self._approval_rejection(exc, signature, blockhash, user)
+        status = await self._settle(
+            status, signature, blockhash, self._confirm_timeout_s, prepared.valid_until
+        )
         if status.state is TransferState.CONFIRMED:
             return receipt
         if status.state is TransferState.FAILED:
@@ -665,6 +722,7 @@ class SolanaAdapter:
         token: TokenInfo,
         amount_base_units: int,
         reference_seed: str,
+        close_source: bool = False,
     ) -> PreparedTransfer:
         stx.parse_pubkey(source)
         owner = stx.keypair_from_secret(secret, expected_address=source)
@@ -672,21 +730,35 @@ class SolanaAdapter:
         mint = _mint_of(token)
         stx.check_amount(amount_base_units, max_base_units=token.max_base_units)
         recent = await self._backend.latest_blockhash()
-        transaction = stx.build_transfer(
-            fee_payer=self._fee_payer,
-            owner=owner,
-            destination_owner=destination_owner,
-            mint=mint,
-            decimals=token.decimals,
-            amount_base_units=amount_base_units,
-            recent_blockhash=recent.blockhash,
-            reference_seed=reference_seed,
-        )
+        if close_source:
+            # The whole balance back, then the token account closed (its rent back to the
+            # fee payer); closing fails on chain if anything would be left behind.
+            transaction = stx.build_sweep(
+                fee_payer=self._fee_payer,
+                owner=owner,
+                destination_owner=destination_owner,
+                mint=mint,
+                decimals=token.decimals,
+                amount_base_units=amount_base_units,
+                recent_blockhash=recent.blockhash,
+            )
+        else:
+            transaction = stx.build_transfer(
+                fee_payer=self._fee_payer,
+                owner=owner,
+                destination_owner=destination_owner,
+                mint=mint,
+                decimals=token.decimals,
+                amount_base_units=amount_base_units,
+                recent_blockhash=recent.blockhash,
+                reference_seed=reference_seed,
+            )
         reference = str(transaction.signatures[0])
         self._remember(reference, recent.blockhash)
         return PreparedTransfer(
             reference=reference,
             payload=bytes(transaction),
+            valid_until=recent.last_valid_block_height,
             extra={
                 "recent_blockhash": str(recent.blockhash),
                 "last_valid_block_height": recent.last_valid_block_height,
@@ -745,17 +817,25 @@ class SolanaAdapter:
             case _:
                 return TransferFailed(f"the chain refused transfer {signature}: {exc}")
 
-    async def transfer_status(self, reference: str) -> TransferStatus:
+    async def transfer_status(
+        self, reference: str, *, valid_until: int | None = None
+    ) -> TransferStatus:
         signature = _parse_reference(reference)
         status = await self._backend.signature_status(signature)
         if status.state is TransferState.UNKNOWN:
-            status = await self._expired_if_lapsed(status, signature, self._remembered(reference))
+            status = await self._expired_if_lapsed(
+                status, signature, self._remembered(reference), valid_until
+            )
         return status
 
-    async def wait_for_transfer(self, reference: str, *, timeout_s: float) -> TransferStatus:
+    async def wait_for_transfer(
+        self, reference: str, *, timeout_s: float, valid_until: int | None = None
+    ) -> TransferStatus:
         signature = _parse_reference(reference)
         status = await self._backend.signature_status(signature)
-        return await self._settle(status, signature, self._remembered(reference), timeout_s)
+        return await self._settle(
+            status, signature, self._remembered(reference), timeout_s, valid_until
+        )
 
     async def balance(self, address: str, token: TokenInfo) -> int:
         owner = stx.parse_pubkey(address)
@@ -885,12 +965,19 @@ class SolanaAdapter:
             return self._blockhash_of.get(reference)
 
     async def _expired_if_lapsed(
-        self, status: TransferStatus, signature: Signature, blockhash: Hash | None
+        self,
+        status: TransferStatus,
+        signature: Signature,
+        blockhash: Hash | None,
+        valid_until: int | None = None,
     ) -> TransferStatus:
-        """UNKNOWN becomes FAILED(expired) when the blockhash lapsed. The blockhash is checked
-        BEFORE the second status lookup: once it is invalid nothing new can land, so a
-        signature still unknown afterwards is gone for good."""
-        if blockhash is None or await self._backend.is_blockhash_valid(blockhash):
+        """UNKNOWN becomes FAILED(expired) when the chain shows the transfer's validity
+        lapsed: the block height passed its `valid_until` (the recorded last valid block
+        height: any process can judge it) or, failing that, its blockhash is no longer
+        valid. Checked BEFORE the second status lookup: once lapsed nothing new can land,
+        so a signature still unknown afterwards is gone for good."""
+        lapsed = valid_until is not None and await self._backend.block_height() > valid_until
+        if not lapsed and (blockhash is None or await self._backend.is_blockhash_valid(blockhash)):
             return status
         status = await self._backend.signature_status(signature)
         if status.state is TransferState.UNKNOWN:
@@ -903,6 +990,7 @@ class SolanaAdapter:
         signature: Signature,
         blockhash: Hash | None,
         timeout_s: float,
+        valid_until: int | None = None,
     ) -> TransferStatus:
         """Poll until CONFIRMED or FAILED, or the timeout; returns the last status seen."""
         deadline = time.monotonic() + max(timeout_s, 0.0)
@@ -910,7 +998,7 @@ class SolanaAdapter:
             if status.state in (TransferState.CONFIRMED, TransferState.FAILED):
                 return status
             if status.state is TransferState.UNKNOWN:
-                status = await self._expired_if_lapsed(status, signature, blockhash)
+                status = await self._expired_if_lapsed(status, signature, blockhash, valid_until)
                 if status.state is TransferState.FAILED:
                     return status
             remaining = deadline - time.monotonic()

@@ -405,6 +405,11 @@ class LocalBackend:
     async def is_blockhash_valid(self, blockhash: Hash) -> bool:
         return self.chain.is_blockhash_valid(blockhash)
 
+    async def block_height(self) -> int:
+        # A blockhash issued at height h is valid while the height is h (LiteSVM accepts
+        # only its latest blockhash).
+        return self.chain.latest_blockhash().last_valid_block_height
+
     async def send(self, transaction: Transaction) -> None:
         self.chain.process(transaction)
 

@@ -42,10 +42,11 @@ class KeyState:
     funded: int
     spent: int
     held: int
+    refunded: int = 0
 
     @property
     def remaining(self) -> int:
-        return self.funded - self.spent - self.held
+        return self.funded - self.spent - self.held - self.refunded
 
 
 @dataclass(frozen=True)

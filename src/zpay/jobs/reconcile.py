@@ -1,30 +1,30 @@
-"""Settle payments a crash or a lost connection left half-done, from the chain's answer.
+"""Finish what a crash, a timeout or a lost connection left half-done, from the chain.
 
-- `submitted` (the signed transfer is recorded, it may be on chain): ask the
-  chain. Confirmed → capture; failed → release; pending → look again later.
-  Never seen: the process died between recording and sending, so send exactly
-  the recorded transfer again (the same signed bytes can only land once) —
-  unless the key was revoked or expired meanwhile, as those never pay. Still
-  never seen `UNKNOWN_GRACE` after creation → release: its validity window
-  (Solana blockhash, EIP-3009 `validBefore`) has passed, so it can never land.
-- `authorized` for `AUTHORIZED_GRACE` (a hold but no reference: the process
-  died before recording the transfer, so nothing was sent) → release. The
-  release only applies if the payment is still `authorized` under lock, and
-  `create_payment` will not submit a payment that is no longer `authorized`.
+- Every `pending` chain transfer (approval, payment, refund: services.transfers) is asked
+  of the chain, from its recorded reference and validity alone — so any process can do
+  it. Landed → the owning service books it (capture, funding, refund). Provably never
+  landing (EVM: unused at a block stamped past validBefore; Solana: unknown past its last
+  valid block height) → released / lapsed / retried. Unknown to the chain but still valid
+  → the recorded signed bytes are sent again (they can land only once), unless the key
+  was revoked or expired meanwhile: those never pay, and such a transfer lapses by itself.
+- A payment `authorized` for `AUTHORIZED_GRACE` without a recorded transfer (the process
+  died before recording it, so nothing was sent) is released; the release applies only if
+  it is still `authorized` under lock, and nothing is sent for a payment that is not.
 
-Never guessing: a chain that cannot be asked leaves the payment as it is.
-Claiming a payment moves its `updated_at` to now, so the next sweep (on any
-worker) looks at it again only after `RECHECK_AFTER`, and a large backlog is
-visited round-robin instead of the oldest rows starving the rest.
+Never guessing: a chain that cannot be asked leaves everything as it is. Claiming a row
+moves its `updated_at` to now, so the next sweep (on any worker) looks at it again only
+after `RECHECK_AFTER`, and a backlog is visited round-robin.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from zpay.chains.protocol import (
     ChainError,
@@ -35,91 +35,108 @@ from zpay.chains.protocol import (
 )
 from zpay.domain.errors import ZpayError
 from zpay.domain.lifecycle import KeyStatus, PaymentStatus
+from zpay.jobs import refunds
+from zpay.services import approvals, payments, transfers
 from zpay.services.context import AppContext
-from zpay.services.payments import settle
-from zpay.store.models import Payment, SessionKey
+from zpay.store.models import ChainTransfer, Payment, SessionKey
 
 log = logging.getLogger(__name__)
 
 BATCH = 50
 MAX_BATCHES = 10  # per tick
-RECHECK_AFTER = timedelta(seconds=5)  # younger: create_payment is still waiting for the chain
-UNKNOWN_GRACE = timedelta(minutes=10)
+RECHECK_AFTER = timedelta(seconds=5)  # younger: the request is still waiting for the chain
 AUTHORIZED_GRACE = timedelta(minutes=2)
+
+Settler = Callable[[AppContext, str, TransferStatus], Awaitable[Any]]
+SETTLERS: dict[str, Settler] = {
+    "payment": payments.settle,
+    "approval": approvals.settle,
+    "refund": refunds.settle,
+}
 
 
 @dataclass(frozen=True)
 class _Claimed:
     id: str
-    status: str
+    kind: str
     chain: str
-    tx_reference: str | None
-    tx_payload: bytes | None
-    created_at: datetime
-    may_send: bool  # the key can still pay: not revoked, not expired
+    reference: str
+    payload: bytes
+    valid_until: int | None
+    may_send: bool  # payments and approvals only for a key that can still use them
 
 
 async def _claim(ctx: AppContext, now: datetime, batch: int) -> list[_Claimed]:
-    due = now - RECHECK_AFTER
     async with ctx.db.transaction() as s:
         rows = (await s.execute(
-            select(Payment, SessionKey.status, SessionKey.expires_at)
-            .join(SessionKey, SessionKey.id == Payment.session_key_id)
-            .where(Payment.updated_at <= due, or_(
-                Payment.status == PaymentStatus.SUBMITTED.value,
-                and_(Payment.status == PaymentStatus.AUTHORIZED.value,
-                     Payment.created_at <= now - AUTHORIZED_GRACE)))
-            .order_by(Payment.updated_at, Payment.id).limit(batch)
-            .with_for_update(skip_locked=True, of=Payment)
+            select(ChainTransfer, SessionKey.status, SessionKey.expires_at)
+            .join(SessionKey, SessionKey.id == ChainTransfer.session_key_id)
+            .where(ChainTransfer.status == transfers.PENDING,
+                   ChainTransfer.updated_at <= now - RECHECK_AFTER)
+            .order_by(ChainTransfer.updated_at, ChainTransfer.id).limit(batch)
+            .with_for_update(skip_locked=True, of=ChainTransfer)
         )).all()
         claimed = []
         for row, key_status, key_expires_at in rows:
             row.updated_at = now
-            claimed.append(_Claimed(
-                row.id, row.status, row.chain, row.tx_reference, row.tx_payload,
-                row.created_at, key_status != KeyStatus.REVOKED and now < key_expires_at))
+            live = key_status != KeyStatus.REVOKED and now < key_expires_at
+            claimed.append(_Claimed(row.id, row.kind, row.chain, row.reference, row.payload,
+                                    row.valid_until, live or row.kind == "refund"))
         return claimed
 
 
-async def _chain_status(ctx: AppContext, payment: _Claimed, now: datetime) -> TransferStatus:
-    if payment.status == PaymentStatus.AUTHORIZED or payment.tx_reference is None:
-        return TransferStatus(TransferState.FAILED, error="transfer_never_submitted")
-    adapter = ctx.chains.get(payment.chain)
-    status = await adapter.transfer_status(payment.tx_reference)
-    if status.state is TransferState.UNKNOWN and payment.tx_payload and payment.may_send:
+async def _chain_status(ctx: AppContext, transfer: _Claimed) -> TransferStatus:
+    adapter = ctx.chains.get(transfer.chain)
+    status = await adapter.transfer_status(transfer.reference, valid_until=transfer.valid_until)
+    if status.state is TransferState.UNKNOWN and transfer.may_send:
         try:
-            await adapter.submit_transfer(
-                PreparedTransfer(payment.tx_reference, payment.tx_payload))
+            await adapter.submit_transfer(PreparedTransfer(
+                transfer.reference, transfer.payload, valid_until=transfer.valid_until))
         except ChainUnavailable:
             raise
         except ChainError as exc:
-            log.info("re-sending payment %s was refused (%s)", payment.id, exc.code)
+            log.info("re-sending transfer %s was refused (%s)", transfer.id, exc.code)
         # Whatever the send said, the chain's answer decides.
-        status = await adapter.transfer_status(payment.tx_reference)
-    if status.state is TransferState.UNKNOWN and now - payment.created_at >= UNKNOWN_GRACE:
-        return TransferStatus(TransferState.FAILED, error="transfer_not_found")
+        status = await adapter.transfer_status(transfer.reference,
+                                               valid_until=transfer.valid_until)
     return status
+
+
+async def _release_stale_authorized(ctx: AppContext, now: datetime, batch: int,
+                                    max_batches: int) -> int:
+    released = 0
+    for _ in range(max_batches):
+        async with ctx.db.sessions() as s:
+            ids = (await s.execute(
+                select(Payment.id).where(Payment.status == PaymentStatus.AUTHORIZED.value,
+                                         Payment.created_at <= now - AUTHORIZED_GRACE)
+                .order_by(Payment.created_at).limit(batch))).scalars().all()
+        for payment_id in ids:
+            body = await payments.release_unsent(ctx, payment_id, "transfer_never_submitted")
+            released += body["status"] == PaymentStatus.FAILED
+        if len(ids) < batch:
+            break
+    return released
 
 
 async def reconcile_payments(ctx: AppContext, *, batch: int = BATCH,
                              max_batches: int = MAX_BATCHES) -> int:
-    """Look at unsettled payments, `batch` at a time; returns how many were settled.
-    A claimed payment is not claimed again this tick: its `updated_at` moved to now."""
+    """Look at unsettled chain transfers, `batch` at a time; returns how many concluded.
+    A claimed transfer is not claimed again this tick: its `updated_at` moved to now."""
     now = ctx.now()
-    settled = 0
+    settled = await _release_stale_authorized(ctx, now, batch, max_batches)
     for _ in range(max_batches):
         claimed = await _claim(ctx, now, batch)
-        for payment in claimed:
+        for transfer in claimed:
             try:
-                status = await _chain_status(ctx, payment, now)
+                status = await _chain_status(ctx, transfer)
             except (ChainError, ZpayError) as exc:
-                log.warning("cannot reconcile payment %s now (%s); will retry", payment.id,
+                log.warning("cannot reconcile transfer %s now (%s); will retry", transfer.id,
                             getattr(exc, "code", type(exc).__name__))
                 continue
             if status.state in (TransferState.CONFIRMED, TransferState.FAILED):
-                body = await settle(ctx, payment.id, status,
-                                    only_if=PaymentStatus(payment.status))
-                settled += body["status"] in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED)
+                await SETTLERS[transfer.kind](ctx, transfer.id, status)
+                settled += 1
         if len(claimed) < batch:
             break
     return settled

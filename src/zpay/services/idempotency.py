@@ -1,28 +1,35 @@
-"""Idempotency-Key semantics (IETF draft): same key + same body → the same response; same key +
-other body → 422; same key while the first request is in flight → 409. Scoped per merchant,
-kept for `idempotency_ttl_s` (24 h by default)."""
+"""Idempotency-Key semantics (IETF draft), bound to the money.
+
+The record is written in the SAME transaction as the payment's hold (or its refusal), so it
+can never say less than the books: a request that died before that commit left nothing and
+a retry runs afresh; one that committed is answered from the payment as it stands now,
+whatever happened to the process that made it (crash, cancellation, timeout). Same key +
+other body → 422. Scoped per merchant, kept for `idempotency_ttl_s` (24 h by default).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from zpay.domain.errors import Conflict, InvalidRequest, ZpayError
+from zpay.domain.errors import InvalidRequest, ZpayError
 from zpay.services.context import AppContext
 from zpay.store.ids import new_id
 from zpay.store.models import IdempotencyRecord
 
 
 @dataclass(frozen=True)
-class StoredResponse:
-    status: int
-    body: dict[str, Any]
+class Remembered:
+    """What a key was used for: a payment (answer it as it stands) or a refusal."""
+
+    payment_id: str | None
+    refusal: dict[str, Any] | None
 
 
 def validate_key(key: str | None) -> str:
@@ -40,57 +47,38 @@ def request_fingerprint(body: dict[str, Any]) -> str:
                           ).hexdigest()
 
 
-async def claim(ctx: AppContext, merchant_id: str, key: str,
-                fingerprint: str) -> StoredResponse | None:
-    """Claim the key for this request, or return the stored response of a finished one."""
+async def recall(s: AsyncSession, merchant_id: str, key: str, fingerprint: str,
+                 now: datetime) -> Remembered | None:
+    """Inside the caller's transaction: what this key already did, or None (an expired
+    record is dropped). Another body under the same key is refused."""
+    row = (await s.execute(select(IdempotencyRecord).where(
+        IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key
+    ).with_for_update())).scalar()
+    if row is None:
+        return None
+    if row.expires_at <= now:
+        await s.delete(row)
+        await s.flush()
+        return None
+    if row.request_hash != fingerprint:
+        raise ZpayError("this Idempotency-Key was used with another request body",
+                        code="idempotency_key_reused")
+    refusal = json.loads(row.response_body) if row.response_body else None
+    return Remembered(row.payment_id, refusal)
+
+
+def remember(s: AsyncSession, ctx: AppContext, merchant_id: str, key: str, fingerprint: str,
+             *, payment_id: str | None = None, refusal: dict[str, Any] | None = None) -> None:
+    """Bind the key, in the caller's transaction, to its payment or its refusal. A
+    concurrent request with the same key fails this insert at commit and, retried, reads
+    what the winner wrote."""
     now = ctx.now()
-    for _ in range(3):
-        try:
-            async with ctx.db.transaction() as s:
-                row = (await s.execute(select(IdempotencyRecord).where(
-                    IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key
-                ).with_for_update())).scalar()
-                if row is not None and row.expires_at <= now:
-                    await s.delete(row)
-                    await s.flush()
-                    row = None
-                if row is None:
-                    s.add(IdempotencyRecord(
-                        id=new_id("idem"), merchant_id=merchant_id, key=key,
-                        request_hash=fingerprint, status="in_flight", response_status=None,
-                        response_body=None, created_at=now,
-                        expires_at=now + timedelta(seconds=ctx.settings.idempotency_ttl_s)))
-                    return None
-                if row.request_hash != fingerprint:
-                    raise ZpayError("this Idempotency-Key was used with another request body",
-                                    code="idempotency_key_reused")
-                if row.status == "in_flight":
-                    raise Conflict("a request with this Idempotency-Key is still in flight",
-                                   code="idempotency_request_in_flight")
-                assert row.response_status is not None and row.response_body is not None
-                return StoredResponse(row.response_status, json.loads(row.response_body))
-        except IntegrityError:
-            continue  # another request inserted the key first; read what it wrote
-    raise Conflict("a request with this Idempotency-Key is still in flight",
-                   code="idempotency_request_in_flight")
-
-
-async def complete(ctx: AppContext, merchant_id: str, key: str, response: StoredResponse) -> None:
-    async with ctx.db.transaction() as s:
-        row = (await s.execute(select(IdempotencyRecord).where(
-            IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key
-        ).with_for_update())).scalar()
-        if row is not None:
-            row.status, row.response_status = "completed", response.status
-            row.response_body = json.dumps(response.body)
-
-
-async def release(ctx: AppContext, merchant_id: str, key: str) -> None:
-    """Forget an in-flight claim whose request changed nothing, so a retry may run."""
-    async with ctx.db.transaction() as s:
-        await s.execute(delete(IdempotencyRecord).where(
-            IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
-            IdempotencyRecord.status == "in_flight"))
+    s.add(IdempotencyRecord(
+        id=new_id("idem"), merchant_id=merchant_id, key=key, request_hash=fingerprint,
+        status="completed", payment_id=payment_id,
+        response_status=None if refusal is None else 402,
+        response_body=None if refusal is None else json.dumps(refusal), created_at=now,
+        expires_at=now + timedelta(seconds=ctx.settings.idempotency_ttl_s)))
 
 
 async def purge_expired(ctx: AppContext, limit: int = 1000) -> int:

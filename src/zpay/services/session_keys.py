@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zpay.chains.protocol import ChainAdapter, ChainError, IssuedApproval, TokenInfo
+from zpay.chains.protocol import ChainAdapter, ChainError, TokenInfo
 from zpay.custody import SealedSecret
 from zpay.domain.errors import Conflict, InvalidRequest, NotFound, ZpayError
-from zpay.domain.lifecycle import KeyStatus, is_live, transition
+from zpay.domain.lifecycle import KeyStatus, transition
 from zpay.domain.money import parse_amount
 from zpay.domain.policy import KeyState, authorize
 from zpay.domain.windows import Window
 from zpay.services.agents import load_agent
 from zpay.services.auth import Principal
+from zpay.services.chain_errors import as_zpay_error
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.requests import Request
 from zpay.services.sessions import load_session, policy_state, resolve_expiry
 from zpay.services.tenancy import fetch_owned, visible
-from zpay.services.views import amount, approval_view, attempt_view, session_key_view
+from zpay.services.views import amount, attempt_view, session_key_view
 from zpay.store.ids import new_id
 from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
 
@@ -46,7 +44,7 @@ class SessionKeyRequest(Request):
 
 def key_state(key: SessionKey) -> KeyState:
     return KeyState(status=key.status, expires_at=key.expires_at, funded=key.funded_amount,
-                    spent=key.spent_amount, held=key.held_amount)
+                    spent=key.spent_amount, held=key.held_amount, refunded=key.refunded_amount)
 
 
 def token_of(key: SessionKey, adapter: ChainAdapter) -> TokenInfo:
@@ -74,7 +72,7 @@ async def load_secret(ctx: AppContext, s: AsyncSession, key: SessionKey) -> byte
                                                  row.ciphertext))
 
 
-def _key_event(s: AsyncSession, key: SessionKey, type_: str, now: datetime,
+def key_event(s: AsyncSession, key: SessionKey, type_: str, now: datetime,
                **extra: Any) -> None:
     emit(s, merchant_id=key.merchant_id, type=type_, object_type="session_key", object_id=key.id,
          data={**session_key_view(key), **extra}, now=now)
@@ -113,9 +111,9 @@ async def create_session_key(ctx: AppContext, principal: Principal,
         sealed = ctx.custody.seal(key_id, wallet.secret)
         s.add(WalletSecret(session_key_id=key_id, key_version=sealed.key_version,
                            wrapped_data_key=sealed.wrapped_data_key, ciphertext=sealed.ciphertext))
-        approval = await _issue_approval(s, adapter, key, token, "funding", max_amount,
+        approval = await issue_approval(s, adapter, key, token, "funding", max_amount,
                                          req.approval_method, now)
-        _key_event(s, key, "session_key.created", now)
+        key_event(s, key, "session_key.created", now)
     return session_key_view(key, approval)
 
 
@@ -129,29 +127,30 @@ def _check_linkable(policy_agent: str, policy_status: str, policy_token: str, ke
         raise InvalidRequest("the session limits another token", code="token_mismatch")
 
 
-async def _issue_approval(s: AsyncSession, adapter: ChainAdapter, key: SessionKey,
-                          token: TokenInfo, kind: str, amount_base_units: int,
-                          method: str | None, now: datetime) -> Approval:
+async def issue_approval(s: AsyncSession, adapter: ChainAdapter, key: SessionKey,
+                         token: TokenInfo, kind: str, amount_base_units: int,
+                         method: str | None, now: datetime,
+                         funding_id: str | None = None) -> Approval:
+    """A new approval to sign. A renewal passes its funding's `funding_id`: the chain-level
+    identity (EIP-3009 nonce, memo) derives from it, so versions exclude each other."""
     approval_id = new_id("apr")
+    funding_id = funding_id or approval_id
     try:
         issued = await adapter.build_approval(
-            approval_id=approval_id, user_wallet=key.user_wallet, session_wallet=key.address,
+            approval_id=funding_id, user_wallet=key.user_wallet, session_wallet=key.address,
             token=token, amount_base_units=amount_base_units, method=method)
     except ChainError as exc:
-        raise ZpayError(str(exc), code=exc.code) from exc
+        raise as_zpay_error(exc, f"building an approval for {key.id}") from exc
     approval = Approval(id=approval_id, merchant_id=key.merchant_id, session_key_id=key.id,
                         kind=kind, amount=amount_base_units, method=method, status="pending",
+                        funding_id=funding_id,
                         public=issued.public, private=issued.private, expires_at=issued.expires_at,
                         tx_id=None, created_at=now, confirmed_at=None)
     s.add(approval)
     return approval
 
 
-def _signed_digest(signed: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(dict(signed), sort_keys=True).encode()).hexdigest()
-
-
-async def _find_approval(s: AsyncSession, key: SessionKey, approval_id: str | None,
+async def find_approval(s: AsyncSession, key: SessionKey, approval_id: str | None,
                          kind: str) -> Approval:
     stmt = select(Approval).where(Approval.session_key_id == key.id, Approval.kind == kind)
     if approval_id is not None:
@@ -162,108 +161,12 @@ async def _find_approval(s: AsyncSession, key: SessionKey, approval_id: str | No
     return approval
 
 
-async def submit_approval(ctx: AppContext, principal: Principal, key_id: str,
-                          signed: Mapping[str, Any], *, approval_id: str | None = None,
-                          kind: str = "funding") -> dict[str, Any]:
-    """Check the user's signed approval, submit it and fund the key. Funds at most once."""
-    principal.require_merchant("submit approvals")
-    now = ctx.now()
-    digest = _signed_digest(signed)
-    async with ctx.db.transaction() as s:
-        key = await load_key(s, principal, key_id, lock=True)
-        approval = await _find_approval(s, key, approval_id, kind)
-        if approval.status == "confirmed":
-            if approval.private.get("signed_digest") == digest:
-                return session_key_view(key)  # the same approval again: funded once
-            raise Conflict("this approval is already confirmed", code="approval_already_used")
-        if approval.status == "submitting":
-            raise Conflict("this approval is being submitted", code="approval_in_flight")
-        if approval.status in ("superseded", "expired"):
-            raise ZpayError("this approval lapsed; ask for a fresh one", code="approval_expired")
-        if not is_live(KeyStatus(key.status)) or now >= key.expires_at:
-            raise Conflict(f"the session key is {key.status}", code="session_key_not_live")
-        approval.status = "submitting"
-    adapter = ctx.chains.get(key.chain)
-    token = token_of(key, adapter)
-    try:
-        receipt = await adapter.submit_approval(
-            issued=IssuedApproval(approval.public, approval.private, approval.expires_at),
-            user_wallet=key.user_wallet, session_wallet=key.address, token=token,
-            amount_base_units=approval.amount, signed=signed)
-    except ChainError as exc:
-        async with ctx.db.transaction() as s:
-            row = await s.get(Approval, approval.id, with_for_update=True)
-            assert row is not None
-            row.status = "expired" if exc.code == "approval_expired" else "pending"
-        raise ZpayError(str(exc), code=exc.code) from exc
-    except BaseException:
-        async with ctx.db.transaction() as s:
-            row = await s.get(Approval, approval.id, with_for_update=True)
-            assert row is not None
-            row.status = "pending"
-        raise
-    async with ctx.db.transaction() as s:
-        key = await load_key(s, principal, key_id, lock=True)
-        row = await s.get(Approval, approval.id, with_for_update=True)
-        assert row is not None
-        row.status, row.tx_id, row.confirmed_at = "confirmed", receipt.tx_id, now
-        row.private = {**row.private, "signed_digest": digest}
-        key.funded_amount += row.amount
-        key.updated_at = now
-        previous = KeyStatus(key.status)
-        if previous in (KeyStatus.PENDING_APPROVAL, KeyStatus.EXHAUSTED):
-            key.status = transition(previous, KeyStatus.ACTIVE).value
-        if previous is KeyStatus.PENDING_APPROVAL:
-            _key_event(s, key, "session_key.activated", now, tx_id=receipt.tx_id)
-        else:
-            _key_event(s, key, "session_key.topped_up", now, tx_id=receipt.tx_id,
-                       top_up_amount=amount(row.amount, key.decimals))
-    return session_key_view(key)
-
-
-async def renew_approval(ctx: AppContext, principal: Principal, key_id: str,
-                         approval_id: str | None = None, kind: str = "funding") -> dict[str, Any]:
-    """A fresh approval for the same amount; the previous one can never be co-signed."""
-    principal.require_merchant("renew approvals")
-    now = ctx.now()
-    async with ctx.db.transaction() as s:
-        key = await load_key(s, principal, key_id, lock=True)
-        old = await _find_approval(s, key, approval_id, kind)
-        if old.status in ("confirmed", "submitting"):
-            raise Conflict(f"the approval is {old.status}", code="approval_not_renewable")
-        if not is_live(KeyStatus(key.status)):
-            raise Conflict(f"the session key is {key.status}", code="session_key_not_live")
-        old.status = "superseded"
-        adapter = ctx.chains.get(key.chain)
-        new = await _issue_approval(s, adapter, key, token_of(key, adapter), kind, old.amount,
-                                    old.method, now)
-    return approval_view(new)
-
-
-async def create_top_up(ctx: AppContext, principal: Principal, key_id: str, amount_text: str,
-                        method: str | None = None) -> dict[str, Any]:
-    principal.require_merchant("top up session keys")
-    now = ctx.now()
-    async with ctx.db.transaction() as s:
-        key = await load_key(s, principal, key_id, lock=True)
-        if key.status not in (KeyStatus.ACTIVE, KeyStatus.EXHAUSTED) or now >= key.expires_at:
-            raise Conflict(f"a {key.status} session key cannot be topped up",
-                           code="session_key_not_live")
-        adapter = ctx.chains.get(key.chain)
-        token = token_of(key, adapter)
-        value = parse_amount(amount_text, decimals=token.decimals,
-                             max_base_units=token.max_base_units)
-        approval = await _issue_approval(s, adapter, key, token, "top_up", value, method, now)
-    return {**approval_view(approval), "session_key_id": key.id,
-            "amount": amount(value, key.decimals)}
-
-
 async def get_status(ctx: AppContext, principal: Principal, key_id: str) -> dict[str, Any]:
     async with ctx.db.sessions() as s:
         key = await load_key(s, principal, key_id)
         approval = None
         if key.status == KeyStatus.PENDING_APPROVAL:
-            approval = await _find_approval(s, key, None, "funding")
+            approval = await find_approval(s, key, None, "funding")
     body = session_key_view(key, approval)
     if key.status in (KeyStatus.ACTIVE, KeyStatus.EXHAUSTED, KeyStatus.PENDING_APPROVAL) and (
         ctx.now() >= key.expires_at
@@ -294,7 +197,7 @@ async def revoke(ctx: AppContext, principal: Principal, key_id: str) -> dict[str
         key.revoked_at = key.updated_at = now
         if key.refund_on_close:
             key.refund_status = "pending"
-        _key_event(s, key, "session_key.revoked", now)
+        key_event(s, key, "session_key.revoked", now)
     return session_key_view(key)
 
 

@@ -51,7 +51,9 @@ def session_key_view(key: SessionKey, approval: Approval | None = None) -> dict[
         "funded_amount": amount(key.funded_amount, d),
         "spent_amount": amount(key.spent_amount, d),
         "held_amount": amount(key.held_amount, d),
-        "remaining_amount": amount(key.funded_amount - key.spent_amount - key.held_amount, d),
+        # What is really left to spend: refunds have left the wallet too.
+        "remaining_amount": amount(key.funded_amount - key.spent_amount - key.held_amount
+                                   - key.refunded_amount, d),
         "refunded_amount": amount(key.refunded_amount, d),
         "transaction_count": key.transaction_count,
         "linked_session_id": key.policy_session_id,

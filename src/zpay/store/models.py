@@ -7,7 +7,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -94,6 +96,13 @@ class PolicySession(Base):
 
 class SessionKey(Base):
     __tablename__ = "session_keys"
+    # The ledger's invariant (zpay.domain.ledger), kept by the database too.
+    __table_args__ = (
+        CheckConstraint(
+            "spent_amount + held_amount + refunded_amount <= funded_amount + 0",
+            name="ledger_balanced",
+        ),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
@@ -139,6 +148,9 @@ class Approval(Base):
     kind: Mapped[str] = mapped_column(String(16))  # funding | top_up
     amount: Mapped[int] = mapped_column(BaseUnits())
     method: Mapped[str | None] = mapped_column(String(24))
+    # Every renewal of one funding shares it (the first approval's id): it seeds the
+    # chain-level identity (EIP-3009 nonce), so at most one version can ever fund.
+    funding_id: Mapped[str] = mapped_column(String(40))
     # pending -> submitting -> confirmed | pending (refused, may retry) | superseded | expired
     status: Mapped[str] = mapped_column(String(16))
     public: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -165,9 +177,7 @@ class Payment(Base):
     recipient: Mapped[str] = mapped_column(String(100))
     description: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(16))
-    tx_reference: Mapped[str | None] = mapped_column(String(200))
-    # The signed transfer, kept so reconciliation can re-send exactly it after a crash.
-    tx_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tx_reference: Mapped[str | None] = mapped_column(String(200))  # its ChainTransfer
     tx_id: Mapped[str | None] = mapped_column(String(200))
     failure_code: Mapped[str | None] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
@@ -182,11 +192,39 @@ class IdempotencyRecord(Base):
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"))
     key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # in_flight | completed
+    status: Mapped[str] = mapped_column(String(16))  # completed (written with its outcome)
+    # Bound in the SAME transaction as the payment's hold: a retry answers that payment as
+    # it stands. A refusal stores its response instead.
+    payment_id: Mapped[str | None] = mapped_column(String(40))
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ChainTransfer(Base):
+    """A transfer zpay had signed (approval, payment, refund), written BEFORE it is sent:
+    with its reference, the signed bytes and its validity in chain terms, any process can
+    re-send it and decide its outcome from the chain alone after a crash."""
+
+    __tablename__ = "chain_transfers"
+    __table_args__ = (Index("ix_chain_transfers_status_updated", "status", "updated_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"))
+    session_key_id: Mapped[str] = mapped_column(ForeignKey("session_keys.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # approval | payment | refund
+    subject_id: Mapped[str] = mapped_column(String(40), index=True)  # approval/payment/key id
+    chain: Mapped[str] = mapped_column(String(40))
+    reference: Mapped[str] = mapped_column(String(200), unique=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    amount: Mapped[int] = mapped_column(BaseUnits())
+    # EVM validBefore (unix s, judged by block timestamps); Solana last valid block height.
+    valid_until: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # pending | confirmed | failed
+    tx_id: Mapped[str | None] = mapped_column(String(200))
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class PaymentAttempt(Base):
