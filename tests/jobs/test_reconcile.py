@@ -59,7 +59,7 @@ class Faulty:
 class Paying:
     ctx: AppContext
     merchant: Principal
-    pay: Callable[[str], Awaitable[dict[str, Any]]]  # raises Crash where the hooks say
+    pay: Callable[..., Awaitable[dict[str, Any]]]  # (amount, idempotency_key=None); Crash
     key: dict[str, Any]
     recipient: str
     faulty: Faulty
@@ -79,9 +79,10 @@ async def paying(ctx: AppContext, served: str) -> AsyncIterator[Paying]:
     ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
     recipient = str(Keypair().pubkey())
 
-    async def pay(amount: str) -> dict[str, Any]:
+    async def pay(amount: str, idempotency_key: str | None = None) -> dict[str, Any]:
         return (await payments.create_payment(ctx, principal, payments.PaymentRequest(
-            session_key_id=key["id"], amount=amount, recipient=recipient))).body
+            session_key_id=key["id"], amount=amount, recipient=recipient),
+            idempotency_key)).body
 
     try:
         yield Paying(ctx, Principal(row.merchant_id, Role.MERCHANT), pay, key, recipient, faulty,

@@ -1,0 +1,194 @@
+"""Books == chain across the ways a request can die: cancelled, crashed after the hold,
+crashed during an approval. Every retry answers the payment as it stands, money moves
+once, and the chain decides every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from tests.jobs.support import Clock
+from tests.jobs.test_expiry import balance, stored_key
+from tests.jobs.test_reconcile import Crash, Faulty, Paying, only_payment, paying  # noqa: F401
+from tests.support import funded_user, merchant_api
+from zpay.chains.protocol import PreparedTransfer
+from zpay.jobs.reconcile import AUTHORIZED_GRACE, RECHECK_AFTER
+from zpay.jobs.scheduler import run_once
+from zpay.services.context import AppContext
+from zpay.store.models import ChainTransfer, IdempotencyRecord, Payment, SessionKey
+
+USDC = 10**6
+
+
+async def _count(ctx: AppContext, model: Any, *where: Any) -> int:
+    async with ctx.db.sessions() as s:
+        return int((await s.execute(select(func.count()).select_from(model).where(*where))
+                    ).scalar_one())
+
+
+async def test_a_cancelled_request_never_frees_its_idempotency_key(
+        ctx: AppContext, paying: Paying) -> None:
+    """Defect: a CancelledError (server shutdown, client gone) after the hold released the
+    key, and the SDK's retry paid a second time."""
+    sent = asyncio.Event()
+
+    async def send_then_get_cancelled(prepared: PreparedTransfer) -> None:
+        await paying.faulty.inner.submit_transfer(prepared)
+        sent.set()
+        await asyncio.sleep(3600)  # the request waits on the chain... and is cancelled
+
+    paying.faulty.on_submit = send_then_get_cancelled
+    task = asyncio.create_task(paying.pay("30", "order-1"))
+    await sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    paying.faulty.on_submit = None
+
+    retry = await paying.pay("30", "order-1")  # the SDK retries with the same key
+    first = await only_payment(ctx)
+    assert retry["id"] == first.id and retry["status"] == "submitted"
+    assert await _count(ctx, Payment) == 1 and await _count(ctx, ChainTransfer, ChainTransfer.kind == "payment") == 1
+    paying.clock.advance(seconds=RECHECK_AFTER.total_seconds())
+    await run_once(ctx)
+    again = await paying.pay("30", "order-1")
+    assert (again["id"], again["status"]) == (first.id, "succeeded")
+    assert await balance(ctx, paying.recipient) == 30 * USDC  # paid once, on chain
+    row = await stored_key(ctx, paying.key["id"])
+    assert (row.spent_amount, row.held_amount) == (30 * USDC, 0)
+
+
+async def test_a_request_that_died_after_the_hold_is_answered_not_409(
+        ctx: AppContext, paying: Paying) -> None:
+    """Defect: a key whose request died stayed `in flight` for 24 h: every retry got 409
+    whatever happened to the payment."""
+    async def die(_prepared: PreparedTransfer) -> None:
+        raise Crash
+
+    paying.faulty.on_submit = die
+    with pytest.raises(Crash):
+        await paying.pay("12", "order-2")
+    paying.faulty.on_submit = None
+    retry = await paying.pay("12", "order-2")
+    assert retry["status"] == "submitted" and retry["id"] == (await only_payment(ctx)).id
+    paying.clock.advance(seconds=RECHECK_AFTER.total_seconds())
+    await run_once(ctx)  # recorded, never sent: reconciliation sends exactly those bytes
+    final = await paying.pay("12", "order-2")
+    assert final["status"] == "succeeded"
+    assert await balance(ctx, paying.recipient) == 12 * USDC
+
+
+async def test_a_request_that_died_before_signing_is_answered_then_released(
+        ctx: AppContext, paying: Paying) -> None:
+    async def die() -> None:
+        raise Crash
+
+    paying.faulty.on_prepare = die
+    with pytest.raises(Crash):
+        await paying.pay("5", "order-3")
+    paying.faulty.on_prepare = None
+    # The hold was committed with its key: a retry answers that payment, it does not pay
+    # anew; the authorized payment is released by reconciliation (nothing was sent).
+    retry = await paying.pay("5", "order-3")
+    assert retry["status"] == "authorized"
+    assert await _count(ctx, IdempotencyRecord) == 1
+    paying.clock.advance(seconds=AUTHORIZED_GRACE.total_seconds())
+    await run_once(ctx)
+    final = await paying.pay("5", "order-3")
+    assert (final["id"], final["status"]) == (retry["id"], "failed")
+    assert (await stored_key(ctx, paying.key["id"])).held_amount == 0
+
+
+async def test_the_ledger_check_constraint_refuses_an_overdrawn_key(
+        ctx: AppContext, paying: Paying) -> None:
+    """Even a change that bypassed the domain ledger cannot be committed."""
+    with pytest.raises(IntegrityError):
+        async with ctx.db.transaction() as s:
+            await s.execute(update(SessionKey).where(SessionKey.id == paying.key["id"])
+                            .values(spent_amount=60 * USDC, held_amount=41 * USDC))
+    row = await stored_key(ctx, paying.key["id"])
+    assert (row.spent_amount, row.held_amount) == (0, 0)
+
+
+async def test_an_approval_interrupted_by_a_crash_is_settled_from_the_chain(
+        ctx: AppContext, served: str) -> None:
+    """Defect: an approval left `submitting` by a crash was never recovered."""
+    ctx.clock = clock = Clock()
+    faulty = Faulty(ctx.chains.adapters["solana-local"])
+    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
+    try:
+        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
+            api = await merchant_api(ctx, http)
+            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
+            user = await funded_user(ctx, 100 * USDC)
+            key = await api.ok("POST", "/v1/session-keys", {
+                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
+                "expires_in_seconds": 3600})
+
+            async def send_then_die(prepared: PreparedTransfer) -> None:
+                await faulty.inner.submit_transfer(prepared)
+                raise Crash
+
+            faulty.on_submit = send_then_die
+            with pytest.raises(Crash):
+                from zpay.services import approvals
+                from zpay.services.auth import Principal, Role
+
+                row = await stored_key(ctx, key["id"])
+                await approvals.submit_approval(ctx, Principal(row.merchant_id, Role.MERCHANT),
+                                                key["id"], user.sign_approval(key))
+            faulty.on_submit = None
+            status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+            assert status["status"] == "pending_approval"  # the books do not guess
+            clock.advance(seconds=RECHECK_AFTER.total_seconds())
+            await run_once(ctx)
+            status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+            assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
+            assert await balance(ctx, key["session_key_address"]) == 40 * USDC
+    finally:
+        ctx.chains.adapters["solana-local"] = faulty.inner
+
+
+async def test_an_interrupted_approval_that_lapsed_can_be_renewed(
+        ctx: AppContext, served: str) -> None:
+    ctx.clock = clock = Clock()
+    faulty = Faulty(ctx.chains.adapters["solana-local"])
+    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
+    try:
+        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
+            api = await merchant_api(ctx, http)
+            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
+            user = await funded_user(ctx, 100 * USDC)
+            key = await api.ok("POST", "/v1/session-keys", {
+                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
+                "expires_in_seconds": 3600})
+
+            async def die(_prepared: PreparedTransfer) -> None:
+                raise Crash  # recorded, never sent
+
+            faulty.on_submit = die
+            with pytest.raises(Crash):
+                from zpay.services import approvals
+                from zpay.services.auth import Principal, Role
+
+                row = await stored_key(ctx, key["id"])
+                await approvals.submit_approval(ctx, Principal(row.merchant_id, Role.MERCHANT),
+                                                key["id"], user.sign_approval(key))
+            faulty.on_submit = None
+            refused = await api.post(f"/v1/session-keys/{key['id']}/approval/renew")
+            assert refused.json()["code"] == "approval_not_renewable"  # it may still land
+            faulty.inner.advance_blockhash()  # type: ignore[attr-defined]
+            clock.advance(seconds=RECHECK_AFTER.total_seconds())
+            await run_once(ctx)  # unknown and lapsed: it can never land
+            renewed = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval/renew")
+            status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval",
+                                  user.sign_approval({**key, **renewed}))
+            assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
+            assert await balance(ctx, user.address) == 60 * USDC  # debited exactly once
+    finally:
+        ctx.chains.adapters["solana-local"] = faulty.inner
