@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `paying` fixture is imported from test_reconcile)
 """Books == chain across the ways a request can die: cancelled, crashed after the hold,
 crashed during an approval. Every retry answers the payment as it stands, money moves
 once, and the chain decides every outcome."""
@@ -53,7 +54,8 @@ async def test_a_cancelled_request_never_frees_its_idempotency_key(
     retry = await paying.pay("30", "order-1")  # the SDK retries with the same key
     first = await only_payment(ctx)
     assert retry["id"] == first.id and retry["status"] == "submitted"
-    assert await _count(ctx, Payment) == 1 and await _count(ctx, ChainTransfer, ChainTransfer.kind == "payment") == 1
+    assert await _count(ctx, Payment) == 1
+    assert await _count(ctx, ChainTransfer, ChainTransfer.kind == "payment") == 1
     paying.clock.advance(seconds=RECHECK_AFTER.total_seconds())
     await run_once(ctx)
     again = await paying.pay("30", "order-1")
