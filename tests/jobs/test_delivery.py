@@ -232,11 +232,13 @@ async def test_the_address_is_checked_again_at_send_time(ctx: AppContext) -> Non
 
 
 async def test_a_slow_endpoint_does_not_hold_back_the_others(ctx: AppContext) -> None:
-    ctx.settings = dataclasses.replace(ctx.settings, webhook_timeout_s=1.0)
+    # The slow endpoint answers nothing for the whole test: whatever the machine's load,
+    # the fast deliveries can only all succeed if the slow ones do not hold them back.
+    ctx.settings = dataclasses.replace(ctx.settings, webhook_timeout_s=120.0)
     principal, other = await merchant(ctx), await merchant(ctx, "other shop")
     # a backlog larger than a worker's whole window, older than everything else
     slow_count, fast_count = delivery.WINDOW + 10, 3 * delivery.CONCURRENCY
-    with Loopback(Reply(delay_s=1.5)) as slow, Loopback() as fast:
+    with Loopback(Reply(delay_s=120)) as slow, Loopback() as fast:
         await endpoint(ctx, principal, slow.url())
         await endpoint(ctx, other, fast.url())
         await events(ctx, principal, slow_count)
@@ -247,8 +249,9 @@ async def test_a_slow_endpoint_does_not_hold_back_the_others(ctx: AppContext) ->
         try:
             # every fast delivery is sent and recorded while the slow ones hang
             while await _count(ctx, "succeeded") < fast_count:
-                assert time.monotonic() - started < 0.9, "held back by the slow endpoint"
+                assert time.monotonic() - started < 60, "held back by the slow endpoint"
                 await asyncio.sleep(0.01)
+            assert await _count(ctx, "pending") == slow_count  # none of them answered
             assert len(slow.requests) == delivery.PER_ENDPOINT  # connections it may hold
         finally:
             sending.cancel()  # as a worker stopping: the leases bring the rest back
