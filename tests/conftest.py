@@ -20,7 +20,8 @@ from zpay.settings import Settings
 from zpay.store.migrate import upgrade
 
 PG_DSN = os.environ.get("ZPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "events",
+TABLES = ("audit_findings", "relayer_txs", "relayer_accounts",
+          "webhook_attempts", "webhook_deliveries", "webhook_endpoints", "events",
           "payment_attempts", "idempotency_records", "payments", "approvals", "wallet_secrets",
           "session_keys", "policy_sessions", "agents", "api_keys", "merchants",
           "chain_instances")

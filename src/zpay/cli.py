@@ -113,6 +113,89 @@ def _merchants_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _audit_context(settings: Settings) -> tuple[AppContext, dict[str, str]]:
+    """Database, custody and every chain that can be opened; a chain that cannot (the
+    embedded one held by a running `zpay serve`, an RPC down, a chain state that is not
+    this database's) is left out with the reason, and its wallets audit as unreadable."""
+    from zpay.chains.factory import build_adapter
+    from zpay.services.bootstrap import pair_local_chain
+    from zpay.store.relayer_journal import DbRelayerJournal
+
+    ctx = await _admin_context(settings)
+    unopened: dict[str, str] = {}
+    for name in settings.chains:
+        try:
+            adapter = await build_adapter(name, settings, DbRelayerJournal(ctx.db))
+        except Exception as exc:
+            unopened[name] = getattr(exc, "code", type(exc).__name__)
+            print(f"warning: cannot open {name} ({unopened[name]}): {exc}", file=sys.stderr)
+            continue
+        ctx.chains.adapters[name] = adapter
+        try:
+            await pair_local_chain(ctx, adapter)
+        except Exception as exc:
+            unopened[name] = "chain_not_paired"
+            print(f"warning: {name}: {exc}", file=sys.stderr)
+    return ctx, unopened
+
+
+_AUDIT_COLUMNS = (("KEY", "session_key_id"), ("CHAIN", "chain"), ("STATE", "state"),
+                  ("EXPECTED", "expected_amount"), ("ON CHAIN", "on_chain_amount"),
+                  ("DIFFERENCE", "difference"), ("PAYMENTS", "involved"))
+
+
+def _involved(finding: dict[str, Any]) -> str:
+    """The payments behind a row: those in flight, and for a difference the latest ones."""
+    def line(p: dict[str, Any]) -> str:
+        return f"{p['id']} {p['status']} {p['amount']}"
+
+    parts = [line(p) for p in finding["payments"]]
+    parts += [f"approval {a['id']} {a['status']} {a['amount']}" for a in finding["approvals"]]
+    recent = [line(p) for p in finding["recent_payments"] if line(p) not in parts]
+    if recent:
+        parts.append("latest: " + ", ".join(recent))
+    if finding["error_code"]:
+        parts.append(finding["error_code"])
+    return "; ".join(parts) or "-"
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    """`zpay audit`: every session wallet of every merchant, books against chain, once."""
+    import asyncio
+
+    from zpay.client import console
+    from zpay.domain.audit import AuditState
+    from zpay.services.audit import audit_everything, finding_view, summary
+
+    async def run() -> list[Any]:
+        ctx, unopened = await _audit_context(settings)
+        try:
+            return await audit_everything(ctx, unopened=unopened)
+        finally:
+            await ctx.chains.close()
+            await ctx.db.dispose()
+
+    findings = asyncio.run(run())
+    counts = summary(findings)
+    views = [finding_view(f) for f in findings]
+    if getattr(args, "json", False):
+        console.emit_json({"object": "list", "data": views,
+                           "summary": {state.value: counts[state] for state in AuditState}},
+                          sys.stdout)
+    else:
+        shown = [{**v, "involved": _involved(v)} for v in views
+                 if args.all or v["state"] != AuditState.CONSISTENT]
+        if shown:
+            console.table(shown, _AUDIT_COLUMNS, sys.stdout)
+        print(f"audited {len(findings)} wallets: {counts[AuditState.CONSISTENT]} consistent, "
+              f"{counts[AuditState.IN_FLIGHT]} in flight, "
+              f"{counts[AuditState.DIFFERENCE]} differences, "
+              f"{counts[AuditState.UNREADABLE]} unreadable")
+    if counts[AuditState.DIFFERENCE]:
+        return 1
+    return 2 if counts[AuditState.UNREADABLE] else 0
+
+
 def _demo(args: argparse.Namespace, _settings: Settings) -> int:
     from zpay.demo import run_demo
 
@@ -581,6 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--environment", default="test", choices=["test", "live"])
     mc.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     mc.set_defaults(func=_merchants_create)
+    audit = sub.add_parser(
+        "audit", help="compare every session wallet's books with the chain, once; exit 1 "
+        "on a difference, 2 if some chain could not be read")
+    audit.add_argument("--all", action="store_true",
+                       help="list consistent wallets too (default: only the others)")
+    audit.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print every finding and the summary as JSON")
+    audit.set_defaults(func=_audit)
     demo = sub.add_parser("demo", help="the whole story on a local chain, in about ten seconds")
     demo.add_argument("--chain", default="solana-local",
                       help="solana-local (default) or evm-local (starts anvil)")

@@ -27,6 +27,7 @@ class Settings:
     port: int = 8000
     scheduler_enabled: bool = True
     scheduler_interval_s: float = 1.0
+    audit_interval_s: float = 60.0  # the audit reads balances from the chain: not every tick
     webhooks_allow_private: bool = False
     webhook_timeout_s: float = 10.0
     confirm_timeout_s: float = 30.0
@@ -58,6 +59,7 @@ class Settings:
             port=int(get("PORT", "8000")),
             scheduler_enabled=_bool(get("SCHEDULER", "1")),
             scheduler_interval_s=float(get("SCHEDULER_INTERVAL_S", "1.0")),
+            audit_interval_s=float(get("AUDIT_INTERVAL_S", "60")),
             webhooks_allow_private=_bool(get("WEBHOOKS_ALLOW_PRIVATE", "0")),
             webhook_timeout_s=float(get("WEBHOOK_TIMEOUT_S", "10")),
             confirm_timeout_s=float(get("CONFIRM_TIMEOUT_S", "30")),

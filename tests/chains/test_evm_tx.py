@@ -314,3 +314,111 @@ def test_addresses_and_amounts() -> None:
     assert evm_tx.contract_address("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266", 0) == (
         "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # anvil's well-known first deployment
     )
+
+
+# ------------------------------------------------------- references and payloads
+
+
+def test_references_name_the_transfer_and_parse_back() -> None:
+    from zpay.chains import evm_refs
+
+    secret, user = _user()
+    auth = _auth(user)
+    signed = evm_tx.sign_authorization(secret, DOMAIN, auth)
+    payment = evm_refs.payment_reference(auth)
+    approval = evm_refs.approval_reference(auth)
+    assert payment != approval and approval.startswith(payment + ":")
+    assert len(approval) <= 200  # fits the reference column, whatever the amount
+    assert len(evm_refs.approval_reference(dataclasses.replace(auth, value=2**256 - 1))) <= 200
+    for reference, digest in (
+        (payment, None),
+        (approval, evm_refs.transfer_digest(auth.to, auth.value)),
+    ):
+        parsed = evm_refs.parse_reference(reference)
+        assert isinstance(parsed, evm_refs.AuthorizationRef)
+        assert (parsed.authorizer, parsed.nonce, parsed.valid_before, parsed.digest) == (
+            user,
+            auth.nonce,
+            auth.valid_before,
+            digest,
+        )
+        assert parsed.key == evm_refs.authorization_key(user, auth.nonce)
+        assert evm_refs.reference_of(auth, reference)
+    # Renewals (same nonce, other validBefore) have other references, the same key.
+    renewal = dataclasses.replace(auth, valid_before=auth.valid_before + 60)
+    assert evm_refs.approval_reference(renewal) != approval
+    assert not evm_refs.reference_of(renewal, approval)
+    tx_ref = evm_refs.transaction_reference("0x" + "AB" * 32, user, 7)
+    parsed_tx = evm_refs.parse_reference(tx_ref)
+    assert parsed_tx == evm_refs.TransactionRef("0x" + "ab" * 32, user, 7)
+    for bad in ("", "tx:0x12:0x00:1", f"{user}:0x12:5", "a:b:c:d:e", f"{user}:0x{'00' * 32}:x"):
+        with pytest.raises(evm_tx.ChainError):
+            evm_refs.parse_reference(bad)
+
+    payload = evm_refs.authorization_payload(8453, DOMAIN.verifying_contract, signed)
+    token, decoded = evm_refs.decode_payload(payload, 8453)  # type: ignore[misc]
+    assert token == DOMAIN.verifying_contract and decoded == signed
+    with pytest.raises(evm_tx.ChainError):
+        evm_refs.decode_payload(payload, 1)  # another chain
+    with pytest.raises(evm_tx.ChainError):
+        evm_refs.decode_payload(b"{not json", 8453)
+
+
+def test_a_raw_transaction_payload_is_told_apart_and_decoded() -> None:
+    from zpay.chains import evm_refs
+
+    secret, user = _user()
+    raw, tx_hash = evm_tx.sign_relayer_transaction(
+        secret,
+        chain_id=8453,
+        nonce=3,
+        to=evm_tx.checksum(SESSION),
+        data=b"\x01\x02",
+        gas=50_000,
+        max_fee_per_gas=7,
+        max_priority_fee_per_gas=2,
+        value=5,
+    )
+    decoded = evm_refs.decode_payload(raw, 8453)
+    assert isinstance(decoded, evm_tx.DecodedTransaction)
+    assert (decoded.sender, decoded.nonce, decoded.tx_hash, decoded.raw) == (user, 3, tx_hash, raw)
+    assert (decoded.to, decoded.value, decoded.data, decoded.gas) == (
+        evm_tx.checksum(SESSION),
+        5,
+        b"\x01\x02",
+        50_000,
+    )
+    assert (decoded.max_fee_per_gas, decoded.max_priority_fee_per_gas) == (7, 2)
+    with pytest.raises(evm_tx.ChainError):
+        evm_refs.decode_payload(raw, 1)
+    with pytest.raises(evm_tx.ChainError):
+        evm_tx.decode_signed_transaction(b"\x02garbage")
+
+
+def test_receipt_funds_only_the_approved_transfer() -> None:
+    from zpay.chains import evm_refs
+
+    _, user = _user()
+    auth = _auth(user)
+    ref = evm_refs.parse_reference(evm_refs.approval_reference(auth))
+    assert isinstance(ref, evm_refs.AuthorizationRef)
+
+    def receipt(to: str, value: int, token: str = TOKEN) -> dict[str, Any]:
+        return {
+            "logs": [
+                {
+                    "address": token,
+                    "data": value.to_bytes(32, "big"),
+                    "topics": [
+                        evm_tx.TOPIC_TRANSFER,
+                        bytes(12) + bytes.fromhex(user[2:]),
+                        bytes(12) + bytes.fromhex(to[2:]),
+                    ],
+                }
+            ]
+        }
+
+    assert evm_refs.receipt_funds(receipt(auth.to, auth.value), TOKEN, ref)
+    assert not evm_refs.receipt_funds(receipt(auth.to, auth.value + 1), TOKEN, ref)
+    assert not evm_refs.receipt_funds(receipt("0x" + "99" * 20, auth.value), TOKEN, ref)
+    assert not evm_refs.receipt_funds(receipt(auth.to, auth.value, "0x" + "cd" * 20), TOKEN, ref)

@@ -17,7 +17,6 @@ from zpay.client import (
     AsyncZpay,
     AuthenticationError,
     Conflict,
-    InvalidRequest,
     NotFound,
     PaymentRefused,
     PermissionDenied,

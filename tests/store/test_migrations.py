@@ -8,6 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from zpay.store import (
+    audit_models,  # noqa: F401 - its table is part of the metadata
+    relayer_models,  # noqa: F401 - its tables are part of the metadata
+)
 from zpay.store.migrate import head_revision
 from zpay.store.models import Base
 

@@ -12,6 +12,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from zpay.api import controllers
+from zpay.api.audit import AuditController
 from zpay.api.deps import provide_ctx, provide_page, provide_principal
 from zpay.api.errors import handle_exception
 from zpay.api.events import EventController
@@ -29,6 +30,7 @@ async def build_context(settings: Settings) -> AppContext:
     from zpay.services.bootstrap import pair_local_chain
     from zpay.services.context import ChainSet
     from zpay.store.database import Database
+    from zpay.store.relayer_journal import DbRelayerJournal
 
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     try:
@@ -37,7 +39,9 @@ async def build_context(settings: Settings) -> AppContext:
         custody = custody_from_settings(
             settings.master_key, settings.master_key_version, settings.previous_master_keys,
             data_dir=settings.data_dir, allow_generated=all_local)
-        chains = ChainSet({name: await build_adapter(name, settings) for name in settings.chains})
+        journal = DbRelayerJournal(db)  # one relayer key, shared by every replica and worker
+        chains = ChainSet({name: await build_adapter(name, settings, journal)
+                           for name in settings.chains})
         ctx = AppContext(settings=settings, db=db, custody=custody, chains=chains)
         for adapter in chains.adapters.values():
             await pair_local_chain(ctx, adapter)
@@ -71,7 +75,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     handlers: list[Any] = [
         controllers.AgentController, controllers.SessionController,
         controllers.SessionKeyController, controllers.PaymentController,
-        controllers.FaucetController, EventController, WebhookController, controllers.health,
+        controllers.FaucetController, EventController, WebhookController, AuditController,
+        controllers.health,
     ]
     return Litestar(
         route_handlers=handlers,

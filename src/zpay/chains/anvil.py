@@ -9,12 +9,18 @@ plain signal to one process.
 
 Lookup order: `ZPAY_ANVIL_BIN`; `node_modules` of the repository root, then of the
 working directory and its parents; `anvil` on PATH (e.g. installed by foundryup).
+
+An anvil with a state file never outlives zpay and never shares its file: on Linux it gets
+SIGTERM (on which it writes its state, like on SIGINT) when the process that started it
+dies, even by SIGKILL; and it holds an exclusive lock on `<state file>.lock` for exactly as
+long as it runs, which the next start waits for before starting another anvil on that file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -24,18 +30,32 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from functools import cache
 from pathlib import Path
+from queue import SimpleQueue
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self, TypeVar
 
 from zpay.chains.protocol import ChainUnavailable
 
+if sys.platform != "win32":
+    import fcntl
+
 ANVIL_BIN_ENV = "ZPAY_ANVIL_BIN"
 LOOPBACK = "127.0.0.1"
+# How long a start waits for the anvil of a previous zpay (killed, its anvil still writing
+# the state file on its way out) to release the state file. Read at start, not bound at
+# import, so tests can shorten it.
+STATE_LOCK_TIMEOUT_S = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+_T = TypeVar("_T")
 
 
 class AnvilNotFound(ChainUnavailable):
@@ -44,6 +64,13 @@ class AnvilNotFound(ChainUnavailable):
 
 class AnvilStartFailed(ChainUnavailable):
     code = "anvil_start_failed"
+
+
+class AnvilStateBusy(AnvilStartFailed):
+    """Another anvil still runs on the state file: starting a second writer would lose
+    whatever the two write over each other."""
+
+    code = "anvil_state_busy"
 
 
 def _platform_package() -> str | None:
@@ -137,12 +164,89 @@ def _rpc_chain_id(url: str, timeout_s: float) -> int | None:
     return int(result, 16) if isinstance(result, str) else None
 
 
+@cache
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved in the parent: the forked child must not dlopen (another thread may have held
+    # the loader's lock at the fork).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl  # type: ignore[no-any-return]
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn giving the child SIGTERM when its parent dies (Linux only)."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+            os._exit(1)
+
+    return preexec
+
+
+class _Spawner:
+    """Forks children from one thread that lives as long as the process.
+
+    Linux sends the parent-death signal when the THREAD that forked the child ends, not the
+    process: forked from a worker of an executor (`asyncio.to_thread`), anvil would be
+    killed whenever that pool retires the thread, e.g. when an event loop closes.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def run(self, job: Callable[[], _T]) -> _T:
+        with self._guard:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="zpay-anvil-spawner", daemon=True
+                )
+                self._thread.start()
+        done: Future[_T] = Future()
+        self._jobs.put((job, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                done.set_result(job())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
+def state_lock_path(state_path: Path) -> Path:
+    return state_path.with_name(state_path.name + ".lock")
+
+
+def _lock_holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip())
+        return f" (pid {pid})"
+    return ""
+
+
 class AnvilProcess:
     """One anvil child process on a free loopback port.
 
     Use `with AnvilProcess(...) as anvil:` / `async with ...`, or start()/stop().
     `state_path` makes the chain survive restarts (anvil loads it at start and writes it
     at exit), which the embedded network needs because the database outlives the process.
+    Only one anvil runs on a state file at a time: start() waits up to
+    `state_lock_timeout_s` (default STATE_LOCK_TIMEOUT_S) for a previous one to exit.
     """
 
     def __init__(
@@ -156,6 +260,7 @@ class AnvilProcess:
         extra_args: Sequence[str] = (),
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
+        state_lock_timeout_s: float | None = None,
     ) -> None:
         self._binary = binary
         self.chain_id = chain_id
@@ -165,6 +270,7 @@ class AnvilProcess:
         self._extra_args = tuple(extra_args)
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
+        self._state_lock_timeout_s = state_lock_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.port: int | None = None
@@ -182,6 +288,10 @@ class AnvilProcess:
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
+
+    @property
+    def state_path(self) -> Path | None:
+        return self._state_path
 
     def _command(self, binary: Path, port: int) -> list[str]:
         command = [
@@ -206,6 +316,16 @@ class AnvilProcess:
         if self.running:
             return
         binary = self._binary or find_anvil_binary()
+        lock_fd = self._lock_state_file()
+        try:
+            self._start(binary, lock_fd)
+        finally:
+            # anvil holds its own copy of the locked descriptor: the lock now lasts exactly
+            # as long as that anvil does.
+            if lock_fd is not None:
+                os.close(lock_fd)
+
+    def _start(self, binary: Path, lock_fd: int | None) -> None:
         # A free port can be taken between our probe and anvil's bind; a few attempts
         # make that race harmless. An explicit port is tried once.
         attempts = 1 if self._requested_port is not None else 3
@@ -214,21 +334,65 @@ class AnvilProcess:
             port = self._requested_port or free_loopback_port()
             # Lives as long as the process (closed in _kill), hence no `with`.
             self._log = tempfile.TemporaryFile(prefix="zpay-anvil-")  # noqa: SIM115
-            self._process = subprocess.Popen(
-                self._command(binary, port),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                # Own process group: a Ctrl-C aimed at zpay's terminal must not kill
-                # anvil before zpay has stopped it (and let it write its state).
-                start_new_session=True,
-            )
+            self._process = self._spawn(self._command(binary, port), self._log, lock_fd)
             self.port = port
+            if lock_fd is not None:
+                os.ftruncate(lock_fd, 0)
+                os.pwrite(lock_fd, f"{self._process.pid}\n".encode(), 0)
             if self._wait_ready():
                 return
             last_error = self._log_tail()
             self._kill()
         raise AnvilStartFailed(f"anvil did not start ({binary}): {last_error.strip()[-2000:]}")
+
+    @staticmethod
+    def _spawn(command: list[str], log: IO[bytes], lock_fd: int | None) -> subprocess.Popen[bytes]:
+        preexec = _die_with_parent()
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own process group: a Ctrl-C aimed at zpay's terminal must not kill
+                # anvil before zpay has stopped it (and let it write its state).
+                start_new_session=True,
+                # ...but it dies with zpay, even a SIGKILLed one (SIGTERM: state written).
+                preexec_fn=preexec,
+                pass_fds=() if lock_fd is None else (lock_fd,),
+            )
+
+        return popen() if preexec is None else _spawner.run(popen)
+
+    def _lock_state_file(self) -> int | None:
+        """An fd holding the exclusive lock of the state file, once no other anvil runs on
+        it; AnvilStateBusy if one still does after the timeout. None without a state file."""
+        if self._state_path is None or sys.platform == "win32":
+            return None
+        lock_path = state_lock_path(self._state_path)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        timeout_s = self._state_lock_timeout_s
+        if timeout_s is None:
+            timeout_s = STATE_LOCK_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise AnvilStateBusy(
+                            f"another anvil{_lock_holder(fd)} still runs on the state file "
+                            f"{self._state_path} after {timeout_s:g} s; refusing to start a "
+                            "second one on it (is another zpay using this data directory?)"
+                        ) from None
+                    time.sleep(0.1)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self._startup_timeout_s

@@ -1,8 +1,15 @@
 """Set-up of a local EVM network (anvil): starting an embedded anvil, topping the relayer
 up with ETH, deploying the test token (ZpayTestUSD, from its committed artifact) for every
-token the registry leaves without an address, and the relayer key file kept in a state
-directory. `EvmAdapter.local`, `.embedded` and `.open` use these; nothing here is needed
-for a public network.
+token the registry leaves without an address, the relayer key file kept in a state
+directory, and the chain's identity. `EvmAdapter.local`, `.embedded` and `.open` use these;
+nothing here is needed for a public network.
+
+Identity: zpay pairs a local chain with its books (`zpay.services.bootstrap`), so it must
+recognise the chain. The mark is a random 32-byte id zpay writes ON the chain at its first
+start (`anvil_setStorageAt`, slot 0 of an address derived from "zpay.instance" that nobody
+holds a key for). It lives and dies with the chain's history, embedded (anvil state file)
+or external (`ZPAY_RPC_URL_EVM_LOCAL`): a deleted state file or a node restarted empty has
+no mark, gets a new id, and the pairing refuses it beside books of the old one.
 """
 
 from __future__ import annotations
@@ -10,9 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+from eth_utils import keccak
 
 from zpay.chains import evm_tx
 from zpay.chains.anvil import AnvilProcess
@@ -24,21 +35,30 @@ if TYPE_CHECKING:
     from zpay.chains.evm import EvmAdapter
 
 __all__ = [
+    "INSTANCE_MARK_ADDRESS",
     "check_chain_id",
     "deploy_test_tokens",
     "fund_relayer",
+    "identify_chain",
     "load_or_create_key",
     "load_test_token_artifact",
+    "redact_url",
     "start_anvil",
 ]
 
 log = logging.getLogger(__name__)
 
+INSTANCE_MARK_ADDRESS = evm_tx.checksum("0x" + keccak(b"zpay.instance")[:20].hex())
+INSTANCE_MARK_SLOT = "0x0"
+# anvil writes its state file on exit (also when zpay dies: see `zpay.chains.anvil`) and
+# every this many seconds, which bounds what a machine crash can lose.
+STATE_INTERVAL_S = 1
+
 
 async def start_anvil(chain_id: int, state_path: Path | None) -> AnvilProcess:
     """Start anvil for `chain_id`; with `state_path`, the chain survives restarts like the
     database does."""
-    extra = ("--state-interval", "5") if state_path is not None else ()
+    extra = ("--state-interval", str(STATE_INTERVAL_S)) if state_path is not None else ()
     anvil = AnvilProcess(chain_id=chain_id, state_path=state_path, extra_args=extra)
     await anvil.start_async()
     return anvil
@@ -53,6 +73,56 @@ async def check_chain_id(adapter: EvmAdapter) -> None:
             f"{adapter.chain_id}",
             code="wrong_chain",
         )
+
+
+async def identify_chain(adapter: EvmAdapter) -> tuple[str, str]:
+    """(instance id, where the chain lives) of the local chain behind `adapter`: the id is
+    the mark stored on the chain (64 hex digits), written now if the chain has none."""
+    mark = await _read_mark(adapter)
+    if mark is None:
+        await adapter._raw_rpc(
+            "anvil_setStorageAt",
+            [INSTANCE_MARK_ADDRESS, INSTANCE_MARK_SLOT, "0x" + secrets.token_bytes(32).hex()],
+        )
+        mark = await _read_mark(adapter)
+        if mark is None:
+            raise ChainError(
+                f"{adapter.network.name}: the node did not keep zpay's instance mark",
+                code="local_setup_failed",
+            )
+        log.info("%s: new chain, instance %s", adapter.network.name, mark)
+    return mark, _location(adapter)
+
+
+async def _read_mark(adapter: EvmAdapter) -> str | None:
+    stored = await adapter._raw_rpc(
+        "eth_getStorageAt", [INSTANCE_MARK_ADDRESS, INSTANCE_MARK_SLOT, "latest"]
+    )
+    value = int(str(stored), 16)
+    return None if value == 0 else f"{value:064x}"
+
+
+def _location(adapter: EvmAdapter) -> str:
+    anvil = adapter._anvil
+    if anvil is None:
+        return f"the node at {redact_url(adapter.rpc_url)}"
+    if anvil.state_path is None:
+        return "an embedded anvil without a state directory"
+    return f"the chain state directory {anvil.state_path.parent}"
+
+
+def redact_url(url: str) -> str:
+    """`url` without what may carry a secret (credentials, path, query, fragment)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    hidden = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{hidden}" if parts.scheme else "<unparseable URL>"
 
 
 async def fund_relayer(adapter: EvmAdapter) -> None:

@@ -1,47 +1,51 @@
 """The EVM relayer: the platform account that pays gas for every token movement.
 
-Relayer nonces are allocated from a local counter under an asyncio lock (no duplicates,
-no gaps from our side), initialised from the pending transaction count and re-synced
-from the chain when the node reports a nonce error. Every relayer transaction is kept
-(raw) until mined; a transaction the node dropped is re-broadcast, or its nonce filled by
-a no-op, so one lost transaction cannot stall all that follow.
+One relayer key is shared by every API replica and worker, so nothing about it is kept in
+process memory: nonces are allocated, and transactions signed and broadcast, inside a slot
+of the `RelayerJournal` (a lock for the whole deployment), and every transaction the node
+took is recorded there with its raw bytes. Any process can therefore:
 
-Also here, because `evm` and `evm_local` both build on this module (it imports neither at
-run time): the translation of web3 and transport errors into `ChainError`s, two small
-encoding helpers and the relayer key's text format. web3 types and errors never leave the
-EVM modules.
+- send without nonce collisions: the next nonce is the journal's, or the node's pending
+  count if that is higher (someone used the key outside zpay);
+- relay an authorization at most once at a time: under the lock, if an outstanding
+  transaction carrying the same authorization is still on the node (or can be put back),
+  nothing new is sent; if the authorization is already used, neither;
+- heal: a transaction the node dropped is re-broadcast (or re-signed with current fees,
+  or its nonce filled with a no-op so the queue behind it moves), and one stuck at the
+  head of the queue is replaced with higher fees.
+
+"nonce too low" is never read as "mined": it says some transaction used that nonce, so
+the journal entry is settled and the chain (authorizationState) says what happened to
+the authorization.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import enum
 import logging
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
-
-import aiohttp
-from web3.exceptions import (
-    ContractLogicError,
-    TimeExhausted,
-    Web3Exception,
-    Web3RPCError,
-)
+from datetime import UTC, datetime, timedelta
 
 from zpay.chains import evm_tx
-from zpay.chains.protocol import ChainError, ChainUnavailable
-
-if TYPE_CHECKING:
-    from zpay.chains.evm import EvmAdapter
+from zpay.chains.evm_node import (
+    Broadcast,
+    BroadcastRefused,
+    BroadcastUncertain,
+    EvmNode,
+    redact,
+    rpc_message,
+    to_hex,
+    translated,
+    with_headroom,
+)
+from zpay.chains.evm_refs import authorization_key
+from zpay.chains.protocol import ChainError, ChainUnavailable, TransferFailed
+from zpay.chains.relayer_journal import OutstandingTx, RelayerJournal, RelayerSlot
 
 __all__ = [
-    "KNOWN_ERRORS",
-    "NONCE_ERRORS",
     "Relayer",
     "SentTx",
     "decode_key",
+    "redact",
     "rpc_message",
     "to_hex",
     "translated",
@@ -50,101 +54,188 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NONCE_ERRORS = ("nonce too low", "invalid nonce", "nonce has already been used", "oldnonce")
-KNOWN_ERRORS = ("already known", "known transaction", "alreadyknown")
-_REPLACEMENT_ERRORS = ("replacement transaction underpriced", "replacement fee too low")
+SentTx = OutstandingTx  # what `send` returns (its `tx_hash` is what callers use)
+_SEND_ATTEMPTS = 4
 
 
-# ----------------------------------------------------------------- error translation
+class _Fate(enum.Enum):
+    """What became of an outstanding transaction the relayer looked after."""
 
-
-def rpc_message(exc: Web3RPCError) -> str:
-    response = exc.rpc_response or {}
-    error = response.get("error") if isinstance(response, Mapping) else None
-    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return str(exc.message)
-
-
-@contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Library and transport errors become ChainErrors; ours pass through untouched."""
-    try:
-        yield
-    except ChainError:
-        raise
-    except ContractLogicError as exc:
-        raise ChainError(f"{action}: reverted: {exc.message or exc}", code="reverted") from exc
-    except Web3RPCError as exc:
-        raise ChainUnavailable(f"{action}: node error: {rpc_message(exc)}") from exc
-    except (TimeExhausted, TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise ChainUnavailable(f"{action}: {type(exc).__name__}: {exc}") from exc
-    except Web3Exception as exc:
-        raise ChainError(f"{action}: {type(exc).__name__}: {exc}") from exc
-
-
-def to_hex(value: Any) -> str:
-    raw = bytes(value)
-    return "0x" + raw.hex()
-
-
-def with_headroom(gas: int, percent: int) -> int:
-    return gas + gas * percent // 100
-
-
-# ------------------------------------------------------------------- relayer nonces
-
-
-@dataclass(frozen=True)
-class SentTx:
-    nonce: int
-    tx_hash: str
-    raw: bytes
-    # What was signed, so a stuck transaction can be re-signed with higher fees.
-    to: str | None
-    data: bytes
-    gas: int
-    value: int
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-    sent_at: float  # time.monotonic()
-    key: str | None  # the authorization it carries ("<from>:<nonce>"), if any
+    ALIVE = "alive"  # the node has it (or its replacement), or may have it
+    NONCE_USED = "nonce_used"  # its nonce was used: by it or another, the chain says
+    FILLED = "filled"  # could not be put back: its nonce now carries a no-op
 
 
 class Relayer:
-    """The platform account that pays gas; owns the nonce counter."""
+    """The platform account that pays gas, journaled in `journal` under `chain`."""
 
-    def __init__(self, adapter: EvmAdapter, secret: bytes) -> None:
-        self._adapter = adapter
+    def __init__(
+        self,
+        node: EvmNode,
+        journal: RelayerJournal,
+        secret: bytes,
+        *,
+        chain: str,
+        chain_id: int,
+        stuck_after_s: float,
+    ) -> None:
+        self._node = node
+        self._journal = journal
         self._secret = secret
+        self._chain = chain
+        self._chain_id = chain_id
+        self._stuck_after = timedelta(seconds=stuck_after_s)
         self.address = evm_tx.address_of(secret)
-        self._lock = asyncio.Lock()
-        self._next_nonce: int | None = None
-        self._inflight: dict[int, SentTx] = {}
 
-    async def chain_nonce(self, block: str) -> int:
-        with translated("read relayer nonce"):
-            return int(
-                await self._adapter._w3.eth.get_transaction_count(
-                    cast(Any, self.address), cast(Any, block)
-                )
+    def journal_as(self, chain: str) -> None:
+        """Journal under `chain` from now on: a local chain names its instance, so a chain
+        restarted empty never inherits (or re-broadcasts) the transactions of the one
+        before it."""
+        self._chain = chain
+
+    async def chain_nonce(self, block: int | str) -> int:
+        return await self._node.nonce(self.address, block)
+
+    # ----------------------------------------------------------------------- send
+
+    async def send(
+        self, *, to: str | None, data: bytes, gas: int, value: int = 0, key: str | None = None
+    ) -> SentTx:
+        """Sign with the next nonce and broadcast (faucet, deployments). Raises
+        ChainUnavailable if the node refused it, or may not have it (then the journal
+        keeps it and heal() settles it)."""
+        fees = await self._node.fees()
+        async with self._journal.slot(self._chain, self.address) as slot:
+            sent, error = await self._send_new(slot, to, data, gas, value, fees, key)
+        if error is not None:
+            raise error
+        assert sent is not None
+        return sent
+
+    async def submit_authorization(
+        self,
+        *,
+        token: str,
+        signed: evm_tx.SignedAuthorization,
+        expiry_margin_s: int,
+        gas_headroom_percent: int,
+    ) -> str | None:
+        """`relay` after the checks that spare gas: nothing if the authorization is used;
+        TransferFailed (nothing sent) if it would expire before a relayer tx could be
+        mined, or would revert."""
+        auth = signed.authorization
+        if await self._node.authorization_used(token, auth.from_address, auth.nonce, "latest"):
+            return None
+        if await self._node.chain_now_s() + expiry_margin_s >= auth.valid_before:
+            raise TransferFailed(
+                "the authorization expires before a relayer tx could be mined; nothing sent",
+                code="expires_too_soon",
             )
+        data = evm_tx.encode_transfer_with_authorization(signed)
+        try:
+            gas = await self._node.estimate_gas(sender=self.address, to=token, data=data)
+        except ChainError as exc:
+            if exc.code != "reverted":
+                raise
+            if await self._node.authorization_used(token, auth.from_address, auth.nonce, "latest"):
+                return None
+            raise TransferFailed(f"the transfer would revert, nothing was sent: {exc}") from exc
+        gas = with_headroom(gas, gas_headroom_percent)
+        return await self.relay(token=token, signed=signed, gas=gas)
+
+    async def relay(
+        self, *, token: str, signed: evm_tx.SignedAuthorization, gas: int
+    ) -> str | None:
+        """Relay `transferWithAuthorization(signed)` unless the authorization is already
+        used or an outstanding relayer transaction carries it: the new transaction's hash,
+        or None when nothing new was needed."""
+        auth = signed.authorization
+        key = authorization_key(auth.from_address, auth.nonce)
+        data = evm_tx.encode_transfer_with_authorization(signed)
+        fees = await self._node.fees()
+        async with self._journal.slot(self._chain, self.address) as slot:
+            # One block for both reads: a transaction mined before it is settled in the
+            # journal AND shows in authorizationState; one mined after is still on the node.
+            block = await self._node.block_number()
+            await slot.settle_below(await self.chain_nonce(block))
+            if await self._node.authorization_used(token, auth.from_address, auth.nonce, block):
+                return None
+            for tx in slot.for_authorization(key):
+                if await self._keep_alive(slot, tx) is not _Fate.FILLED:
+                    # On the node, or its nonce just got used — most likely by it (a node
+                    # may briefly know a transaction it is mining neither as pending nor
+                    # as mined): another one could only duplicate it. The chain will say;
+                    # if it did not land, the status is UNKNOWN and a later submit sends.
+                    return None
+            sent, error = await self._send_new(slot, token, data, gas, 0, fees, key)
+        if error is not None:
+            raise error
+        return sent.tx_hash if sent is not None else None
+
+    async def journaled(self) -> list[OutstandingTx]:
+        """Everything the journal holds for this relayer (lock-free)."""
+        return await self._journal.outstanding(self._chain, self.address)
+
+    async def outstanding(self, authorization: str, *, mined_at: int) -> list[OutstandingTx]:
+        """Journaled transactions carrying `authorization` that were not mined by block
+        `mined_at` (lock-free; for status)."""
+        txs = await self._journal.outstanding(
+            self._chain, self.address, authorization=authorization
+        )
+        if not txs:
+            return []
+        mined = await self.chain_nonce(mined_at)
+        return [tx for tx in txs if tx.nonce >= mined]
+
+    async def _send_new(
+        self,
+        slot: RelayerSlot,
+        to: str | None,
+        data: bytes,
+        gas: int,
+        value: int,
+        fees: tuple[int, int],
+        key: str | None,
+    ) -> tuple[OutstandingTx | None, ChainError | None]:
+        pending = await self.chain_nonce("pending")
+        nonce = pending if slot.next_nonce is None else max(slot.next_nonce, pending)
+        for _attempt in range(_SEND_ATTEMPTS):
+            tx = self._sign(nonce, to, data, gas, value, fees, key)
+            try:
+                outcome = await self._node.broadcast(tx.raw)
+            except BroadcastUncertain as exc:
+                await slot.record(tx)  # may be on the node: heal() re-broadcasts if not
+                return None, ChainUnavailable(f"relayer broadcast: {exc}")
+            except BroadcastRefused as exc:
+                if exc.insufficient_funds:
+                    return None, ChainUnavailable(
+                        f"the relayer {self.address} needs ETH for gas: {exc.reason}",
+                        code="relayer_unfunded",
+                    )
+                return None, ChainUnavailable(f"relayer transaction refused: {exc.reason}")
+            if outcome in (Broadcast.SENT, Broadcast.KNOWN):
+                await slot.record(tx)
+                return tx, None
+            # The nonce is taken by a transaction the journal does not know (the key used
+            # outside zpay, or a journal that was reset): take the next one.
+            log.warning("relayer nonce %s is taken (%s); trying the next", nonce, outcome.value)
+            nonce = max(nonce + 1, await self.chain_nonce("pending"))
+        return None, ChainUnavailable("relayer nonces kept colliding: is the key used elsewhere?")
 
     def _sign(
         self,
-        *,
         nonce: int,
         to: str | None,
         data: bytes,
         gas: int,
         value: int,
-        max_fee: int,
-        priority_fee: int,
+        fees: tuple[int, int],
         key: str | None,
-    ) -> SentTx:
+    ) -> OutstandingTx:
+        max_fee, priority_fee = fees
         raw, tx_hash = evm_tx.sign_relayer_transaction(
             self._secret,
-            chain_id=self._adapter.chain_id,
+            chain_id=self._chain_id,
             nonce=nonce,
             to=to,
             data=data,
@@ -153,160 +244,111 @@ class Relayer:
             max_fee_per_gas=max_fee,
             max_priority_fee_per_gas=priority_fee,
         )
-        return SentTx(
-            nonce, tx_hash, raw, to, data, gas, value, max_fee, priority_fee, time.monotonic(), key
-        )
+        return OutstandingTx(nonce, tx_hash, raw, max_fee, priority_fee, key, datetime.now(UTC))
 
-    async def send(
-        self, *, to: str | None, data: bytes, gas: int, value: int = 0, key: str | None = None
-    ) -> SentTx:
-        """Sign with the next nonce and broadcast; the nonce is consumed only when the
-        node took the transaction (or may have: a timeout keeps it, heal() settles it).
-        `key` names the authorization carried, recorded before the lock is released so a
-        concurrent status query already sees the transaction."""
-        max_fee, priority_fee = await self._adapter._fees()
-        async with self._lock:
-            for _attempt in range(4):
-                if self._next_nonce is None:
-                    self._next_nonce = await self.chain_nonce("pending")
-                nonce = self._next_nonce
-                sent = self._sign(
-                    nonce=nonce,
-                    to=to,
-                    data=data,
-                    gas=gas,
-                    value=value,
-                    max_fee=max_fee,
-                    priority_fee=priority_fee,
-                    key=key,
-                )
-                raw = sent.raw
-                try:
-                    await self._adapter._w3.eth.send_raw_transaction(raw)
-                except Web3RPCError as exc:
-                    message = rpc_message(exc).lower()
-                    if any(m in message for m in KNOWN_ERRORS):
-                        pass  # our own bytes reached the node before: it is sent
-                    elif any(m in message for m in (*NONCE_ERRORS, *_REPLACEMENT_ERRORS)):
-                        # Someone else used the key, or the node restarted with another
-                        # view: the chain is the truth, take its count and sign again.
-                        log.warning("relayer nonce %s refused (%s); resyncing", nonce, message)
-                        self._next_nonce = await self.chain_nonce("pending")
-                        if self._next_nonce <= nonce:
-                            self._next_nonce = nonce + 1
-                        continue
-                    elif "insufficient funds" in message:
-                        raise ChainUnavailable(
-                            f"the relayer {self.address} needs ETH for gas: {message}",
-                            code="relayer_unfunded",
-                        ) from exc
-                    else:
-                        raise ChainUnavailable(f"relayer transaction refused: {message}") from exc
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    # The node may or may not have it: keep the nonce taken and the raw tx,
-                    # heal() re-broadcasts it if the node never saw it.
-                    self._record(sent)
-                    raise ChainUnavailable(f"relayer broadcast: {type(exc).__name__}") from exc
-                self._record(sent)
-                return sent
-        raise ChainUnavailable("relayer nonce kept colliding; another process uses the key")
-
-    def _record(self, sent: SentTx) -> None:
-        self._inflight[sent.nonce] = sent
-        self._next_nonce = sent.nonce + 1
-        if sent.key is not None:
-            self._adapter._remember(sent.key, sent.tx_hash)
+    # ----------------------------------------------------------------------- heal
 
     async def heal(self) -> None:
-        """Keep the relayer's queue moving. Lowest nonce first: a transaction the node
-        no longer knows is re-broadcast (or, if it can no longer be accepted, its nonce is
-        filled with a 0-value self-transfer); the oldest unmined one, if stuck longer than
-        `stuck_after_s` (fees rose past its cap), is replaced with higher fees."""
-        async with self._lock:
-            mined = await self.chain_nonce("latest")
-            for nonce in [n for n in self._inflight if n < mined]:
-                del self._inflight[nonce]
-            for nonce in sorted(self._inflight):
-                sent = self._inflight[nonce]
-                if await self._adapter._tx_known(sent.tx_hash):
-                    if (
-                        nonce == mined
-                        and time.monotonic() - sent.sent_at > self._adapter._options.stuck_after_s
-                    ):
-                        await self._bump(sent)
-                    continue
-                log.warning(
-                    "relayer tx %s (nonce %s) was dropped; re-broadcasting", sent.tx_hash, nonce
-                )
-                try:
-                    with translated("re-broadcast relayer tx"):
-                        await self._adapter._w3.eth.send_raw_transaction(sent.raw)
-                    continue
-                except ChainError as exc:
-                    message = str(exc).lower()
-                    if any(m in message for m in (*KNOWN_ERRORS, *NONCE_ERRORS)):
-                        continue  # known again, or that nonce got mined meanwhile
-                # Typically evicted because fees rose past its cap: the same call with
-                # current fees; failing that, a no-op so the queue behind it moves.
-                if not await self._bump(sent):
-                    await self._fill(nonce)
-            pending = await self.chain_nonce("pending")
-            if self._next_nonce is None or pending > self._next_nonce:
-                self._next_nonce = pending
-
-    async def _fill(self, nonce: int) -> None:
-        max_fee, priority_fee = await self._adapter._fees(urgent=True)
-        filler = self._sign(
-            nonce=nonce,
-            to=self.address,
-            data=b"",
-            gas=evm_tx.NATIVE_TRANSFER_GAS,
-            value=0,
-            max_fee=max_fee,
-            priority_fee=priority_fee,
-            key=None,
-        )
-        try:
-            with translated("fill relayer nonce"):
-                await self._adapter._w3.eth.send_raw_transaction(filler.raw)
-        except ChainError as exc:
-            log.warning("could not fill relayer nonce %s: %s", nonce, exc)
+        """Keep the relayer's queue moving (any process can). Takes the lock only when the
+        journal holds something to settle, re-broadcast or replace."""
+        mined = await self.chain_nonce("latest")
+        pending = await self.chain_nonce("pending")
+        txs = await self._journal.outstanding(self._chain, self.address)
+        if not any(tx.nonce < mined or self._needs_care(tx, mined, pending) for tx in txs):
             return
-        self._inflight[nonce] = filler
+        async with self._journal.slot(self._chain, self.address) as slot:
+            mined = await self.chain_nonce("latest")
+            pending = await self.chain_nonce("pending")
+            await slot.settle_below(mined)
+            for tx in slot.outstanding():
+                try:
+                    if tx.nonce < pending:  # the node holds a transaction with this nonce
+                        if self._needs_care(tx, mined, pending):
+                            await self._bump(slot, tx)
+                        continue
+                    await self._keep_alive(slot, tx)
+                except ChainUnavailable as exc:
+                    # Keep (commit) what was replaced so far; the next heal goes on.
+                    log.warning("relayer heal stopped at nonce %s: %s", tx.nonce, exc)
+                    break
 
-    async def _bump(self, stuck: SentTx) -> bool:
-        """Replace a stuck transaction (same nonce, same call) with fees at least 12.5%
-        higher — the minimum bump nodes accept for a replacement."""
-        max_fee, priority_fee = await self._adapter._fees(urgent=True)
-        bumped = self._sign(
-            nonce=stuck.nonce,
-            to=stuck.to,
-            data=stuck.data,
-            gas=stuck.gas,
-            value=stuck.value,
-            max_fee=max(max_fee, stuck.max_fee_per_gas * 9 // 8 + 1),
-            priority_fee=max(priority_fee, stuck.max_priority_fee_per_gas * 9 // 8 + 1),
-            key=stuck.key,
-        )
-        log.warning(
-            "relayer tx %s (nonce %s) not getting mined; replacing it with higher fees as %s",
-            stuck.tx_hash,
-            stuck.nonce,
-            bumped.tx_hash,
-        )
+    def _needs_care(self, tx: OutstandingTx, mined: int, pending: int) -> bool:
+        """Missing from the node, or stuck at the head of the queue for too long."""
+        if tx.nonce >= pending:
+            return True
+        return tx.nonce == mined and datetime.now(UTC) - tx.sent_at > self._stuck_after
+
+    async def _keep_alive(self, slot: RelayerSlot, tx: OutstandingTx) -> _Fate:
+        """Make sure the node has `tx` (or its replacement)."""
+        if await self._node.tx_known(tx.tx_hash):
+            return _Fate.ALIVE
         try:
-            with translated("replace stuck relayer tx"):
-                await self._adapter._w3.eth.send_raw_transaction(bumped.raw)
-        except ChainError as exc:
-            log.warning("could not replace relayer tx %s: %s", stuck.tx_hash, exc)
+            outcome = await self._node.broadcast(tx.raw)
+        except BroadcastUncertain:
+            return _Fate.ALIVE  # maybe on the node now; the next heal looks again
+        except BroadcastRefused as exc:
+            log.warning(
+                "relayer tx %s (nonce %s) refused again: %s", tx.tx_hash, tx.nonce, exc.reason
+            )
+            outcome = Broadcast.UNDERPRICED
+        if outcome in (Broadcast.SENT, Broadcast.KNOWN):
+            if outcome is Broadcast.SENT:
+                log.warning(
+                    "relayer tx %s (nonce %s) was dropped; re-broadcast it", tx.tx_hash, tx.nonce
+                )
+            return _Fate.ALIVE
+        if outcome is Broadcast.NONCE_USED:
+            return _Fate.NONCE_USED  # not "mined": by it or by another, the chain says
+        # Typically evicted because fees rose past its cap: the same call with current
+        # fees; failing that, a no-op so the queue behind it moves.
+        if await self._bump(slot, tx):
+            return _Fate.ALIVE
+        await self._fill(slot, tx.nonce)
+        return _Fate.FILLED
+
+    async def _bump(self, slot: RelayerSlot, stuck: OutstandingTx) -> bool:
+        """Replace `stuck` (same nonce, same call) with fees at least 12.5% higher — the
+        minimum bump nodes accept for a replacement."""
+        try:
+            call = evm_tx.decode_signed_transaction(stuck.raw)
+        except ChainError:
             return False
-        self._inflight[stuck.nonce] = bumped
-        if bumped.key is not None:
-            self._adapter._remember(bumped.key, bumped.tx_hash)
-        return True
+        max_fee, priority_fee = await self._node.fees(urgent=True)
+        fees = (
+            max(max_fee, stuck.max_fee_per_gas * 9 // 8 + 1),
+            max(priority_fee, stuck.max_priority_fee_per_gas * 9 // 8 + 1),
+        )
+        bumped = self._sign(
+            stuck.nonce, call.to, call.data, call.gas, call.value, fees, stuck.authorization
+        )
+        if await self._replace(slot, bumped):
+            log.warning(
+                "relayer tx %s (nonce %s) replaced with higher fees by %s",
+                stuck.tx_hash,
+                stuck.nonce,
+                bumped.tx_hash,
+            )
+            return True
+        return False
 
+    async def _fill(self, slot: RelayerSlot, nonce: int) -> None:
+        fees = await self._node.fees(urgent=True)
+        filler = self._sign(nonce, self.address, b"", evm_tx.NATIVE_TRANSFER_GAS, 0, fees, None)
+        if await self._replace(slot, filler):
+            log.warning("relayer nonce %s filled with a no-op (%s)", nonce, filler.tx_hash)
 
-# ------------------------------------------------------------------------- adapter
+    async def _replace(self, slot: RelayerSlot, tx: OutstandingTx) -> bool:
+        try:
+            outcome = await self._node.broadcast(tx.raw)
+        except BroadcastUncertain:
+            outcome = Broadcast.SENT  # may be there: journal it, heal looks again
+        except BroadcastRefused as exc:
+            log.warning("relayer nonce %s: replacement refused: %s", tx.nonce, exc.reason)
+            return False
+        if outcome in (Broadcast.SENT, Broadcast.KNOWN):
+            await slot.record(tx)
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------- relayer key

@@ -725,3 +725,46 @@ def sign_relayer_transaction(
     signed = Account.sign_transaction(tx, secret)
     raw = bytes(signed.raw_transaction)
     return raw, "0x" + keccak(raw).hex()
+
+
+@dataclass(frozen=True)
+class DecodedTransaction:
+    """The fields of a signed type-2 transaction that re-signing or checking needs."""
+
+    sender: str
+    chain_id: int
+    nonce: int
+    to: str | None
+    value: int
+    data: bytes
+    gas: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+    tx_hash: str
+    raw: bytes
+
+
+def decode_signed_transaction(raw: bytes) -> DecodedTransaction:
+    """Decode signed type-2 bytes (a relayer tx to re-sign with higher fees, or a user's
+    fallback approval to send); raises ChainError if they are not that."""
+    if not raw or raw[0] != 0x02:
+        raise ChainError("not an EIP-1559 (type 2) transaction")
+    try:
+        tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        sender = str(Account.recover_transaction(raw))
+    except Exception as exc:  # eth-account raises assorted rlp/validation errors
+        raise ChainError(f"the transaction does not decode: {exc}") from exc
+    to = bytes(tx.get("to") or b"")
+    return DecodedTransaction(
+        sender=sender,
+        chain_id=int(tx["chainId"]),
+        nonce=int(tx["nonce"]),
+        to=str(to_checksum_address(to)) if to else None,
+        value=int(tx.get("value") or 0),
+        data=bytes(tx.get("data") or b""),
+        gas=int(tx["gas"]),
+        max_fee_per_gas=int(tx["maxFeePerGas"]),
+        max_priority_fee_per_gas=int(tx["maxPriorityFeePerGas"]),
+        tx_hash="0x" + keccak(raw).hex(),
+        raw=raw,
+    )

@@ -6,10 +6,16 @@ from pathlib import Path
 
 from zpay.chains.protocol import ChainAdapter, Family
 from zpay.chains.registry import get_network
+from zpay.chains.relayer_journal import RelayerJournal
 from zpay.settings import Settings
 
 
-async def build_adapter(name: str, settings: Settings) -> ChainAdapter:
+async def build_adapter(
+    name: str, settings: Settings, journal: RelayerJournal | None = None
+) -> ChainAdapter:
+    """`journal`: where EVM relayer transactions are journaled. Every process sharing a
+    relayer key must share it (`zpay.store.relayer_journal.DbRelayerJournal`); None keeps
+    it in this process's memory."""
     spec = get_network(name)
     if spec.info.family is Family.SOLANA:
         from zpay.chains.solana import SolanaAdapter
@@ -32,11 +38,21 @@ async def build_adapter(name: str, settings: Settings) -> ChainAdapter:
             commitment=settings.solana_commitment,
             confirm_timeout_s=settings.confirm_timeout_s,
         )
-    from zpay.chains.evm import EvmAdapter, EvmOptions
+    from zpay.chains.evm import EvmAdapter, EvmOptions, local_options
 
-    options = None if spec.info.local else EvmOptions(confirm_timeout_s=settings.confirm_timeout_s)
+    # No single RPC request outlasts confirm_timeout_s (a frozen node fails fast).
+    timeout_s = settings.confirm_timeout_s
+    options = (
+        local_options(timeout_s)
+        if spec.info.local
+        else EvmOptions(confirm_timeout_s=timeout_s, request_timeout_s=timeout_s)
+    )
     return await EvmAdapter.open(
-        spec, settings.evm_relayer_key, state_dir=_state_dir(settings, name), options=options
+        spec,
+        settings.evm_relayer_key,
+        state_dir=_state_dir(settings, name),
+        options=options,
+        journal=journal,
     )
 
 

@@ -1,7 +1,8 @@
 """Running the jobs: every `scheduler_interval_s` in the API process, or in `zpay worker`.
 
 Each job is its own APScheduler job (coalesced, one instance at a time), so a
-slow webhook endpoint never holds back expiry or reconciliation. `run_once`
+slow webhook endpoint never holds back expiry or reconciliation. The audit runs
+every `audit_interval_s` instead: it reads balances from the chains. `run_once`
 runs every job once, in an order that lets one tick carry a state change all
 the way to its webhook; tests drive it with an injected clock instead of
 sleeping.
@@ -16,11 +17,12 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from zpay.jobs.audit import run_audit
 from zpay.jobs.delivery import deliver_due, dispatch_all
 from zpay.jobs.expiry import expire_due
 from zpay.jobs.reconcile import reconcile_payments
@@ -41,6 +43,7 @@ class TickReport:
     reconciled: int
     dispatched: int
     delivered: int  # attempts made, successful or not
+    audited: int = 0  # session wallets compared with the chain
 
 
 async def deliver_webhooks(ctx: AppContext, *, rng: random.Random,
@@ -51,13 +54,15 @@ async def deliver_webhooks(ctx: AppContext, *, rng: random.Random,
 async def run_once(ctx: AppContext, *, rng: random.Random | None = None,
                    sender: WebhookSender | None = None) -> TickReport:
     """Every job once, in the order that lets one tick carry a change to its webhook:
-    reconciliation frees the holds that refunds wait for, and every event goes out."""
+    reconciliation frees the holds that refunds wait for, the audit sees the settled books,
+    and every event goes out."""
     expired = await expire_due(ctx)
     reconciled = await reconcile_payments(ctx)
     refunds = await run_refunds(ctx)
+    audited = await run_audit(ctx)
     dispatched, delivered = await deliver_webhooks(ctx, rng=rng or random.Random(),
                                                    sender=sender)
-    return TickReport(expired, refunds, reconciled, dispatched, delivered)
+    return TickReport(expired, refunds, reconciled, dispatched, delivered, audited)
 
 
 @dataclass
@@ -76,7 +81,14 @@ class _Runner:
     def jobs(self) -> dict[str, Callable[[], Awaitable[object]]]:
         return {"expire": lambda: expire_due(self.ctx), "refunds": lambda: run_refunds(self.ctx),
                 "reconcile": lambda: reconcile_payments(self.ctx), "webhooks": self.webhooks,
-                "idempotency": lambda: purge_expired(self.ctx)}
+                "idempotency": lambda: purge_expired(self.ctx),
+                "audit": lambda: run_audit(self.ctx)}
+
+    def interval_s(self, name: str) -> float:
+        """Every job runs each `scheduler_interval_s`, but the audit, which reads balances
+        from the chain's RPC: it has its own, slower `audit_interval_s`."""
+        settings = self.ctx.settings
+        return settings.audit_interval_s if name == "audit" else settings.scheduler_interval_s
 
     async def run(self, name: str) -> None:
         task = asyncio.current_task()
@@ -116,12 +128,11 @@ def start_scheduler(ctx: AppContext) -> JobScheduler:
     apscheduler_log.setLevel(logging.ERROR)
     scheduler = JobScheduler(timezone=UTC, logger=apscheduler_log)
     scheduler.runner = runner = _Runner(ctx)
-    interval = timedelta(seconds=ctx.settings.scheduler_interval_s)
     first = datetime.now(UTC)
     for name in runner.jobs():
         # misfire_grace_time=None: a tick delayed by a busy loop still runs (coalesced).
         scheduler.add_job(runner.run, "interval", args=[name], id=name, name=f"zpay.{name}",
-                          seconds=interval.total_seconds(), next_run_time=first,
+                          seconds=runner.interval_s(name), next_run_time=first,
                           coalesce=True, max_instances=1, misfire_grace_time=None)
     scheduler.start()
     return scheduler

@@ -15,6 +15,7 @@ EVENT_TYPES = (
     "session_key.expired", "session_key.revoked", "session_key.topped_up",
     "session_key.refunded", "session.created", "session.expired", "session.revoked",
     "payment.succeeded", "payment.failed", "webhook_endpoint.disabled",
+    "audit.mismatch", "audit.resolved",
 )
 
 

@@ -58,3 +58,31 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SignedBaseUnits(TypeDecorator[int]):
+    """Integer base units that may be negative: a difference between two amounts.
+    NUMERIC(79,0) on PostgreSQL; on SQLite a decimal TEXT (exact, but it does not sort:
+    such columns are compared in Python, never ordered in SQL)."""
+
+    impl = Numeric(_DIGITS + 1, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(_DIGITS + 1))
+        return dialect.type_descriptor(Numeric(_DIGITS + 1, 0))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"base units must be an int, got {type(value).__name__}")
+        return str(value) if dialect.name == "sqlite" else Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError("a float reached a money column")
+        return int(value)

@@ -8,6 +8,10 @@ from pathlib import Path
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from zpay.store import (
+    audit_models,  # noqa: F401 - its table is part of the metadata
+    relayer_models,  # noqa: F401 - its tables are part of the metadata
+)
 from zpay.store.database import make_null_pool_engine
 from zpay.store.models import Base
 
