@@ -194,3 +194,79 @@ async def test_an_interrupted_approval_that_lapsed_can_be_renewed(
             assert await balance(ctx, user.address) == 60 * USDC  # debited exactly once
     finally:
         ctx.chains.adapters["solana-local"] = faulty.inner
+
+
+async def test_a_refund_is_booked_from_the_chain_never_guessed(
+        ctx: AppContext, paying: Paying) -> None:
+    """Defect: an empty session wallet was booked as `refunded` by an "earlier sweep"
+    guess. Here the wallet is drained behind zpay's back: nothing is booked, the audit
+    is left to report the difference."""
+    from zpay.jobs.refunds import run_refunds
+    from zpay.services import session_keys
+    from zpay.services.session_keys import load_secret
+
+    await session_keys.revoke(ctx, paying.merchant, paying.key["id"])
+    adapter = paying.faulty.inner
+    async with ctx.db.sessions() as s:
+        row = await s.get(SessionKey, paying.key["id"])
+        assert row is not None
+        secret = await load_secret(ctx, s, row)
+    drained = await adapter.prepare_transfer(
+        secret=secret, source=row.address, destination=paying.recipient,
+        token=adapter.token("USDC"), amount_base_units=100 * USDC, reference_seed="outside")
+    await adapter.submit_transfer(drained)
+    assert await balance(ctx, row.address) == 0
+    await run_refunds(ctx)
+    row = await stored_key(ctx, paying.key["id"])
+    assert (row.refunded_amount, row.refund_status, row.refund_tx_id) == (0, "skipped", None)
+
+
+async def test_past_the_deadline_a_payment_answers_submitted_and_reconciles(
+        ctx: AppContext, paying: Paying) -> None:
+    """A chain that stops answering holds a request at most `confirm_timeout_s`; the
+    payment is answered `submitted` and the chain settles it later."""
+    import dataclasses
+
+    ctx.settings = dataclasses.replace(ctx.settings, confirm_timeout_s=0.5)
+    frozen = asyncio.Event()
+
+    async def send_then_freeze(prepared: PreparedTransfer) -> None:
+        await paying.faulty.inner.submit_transfer(prepared)
+        await frozen.wait()  # the node never answers again
+
+    paying.faulty.on_submit = send_then_freeze
+    body = await paying.pay("7", "order-4")
+    assert body["status"] == "submitted"
+    paying.faulty.on_submit = None
+    paying.clock.advance(seconds=RECHECK_AFTER.total_seconds())
+    await run_once(ctx)
+    assert (await paying.pay("7", "order-4"))["status"] == "succeeded"
+    assert await balance(ctx, paying.recipient) == 7 * USDC
+
+
+async def test_chain_prose_and_rpc_urls_never_reach_a_response(
+        ctx: AppContext, served: str) -> None:
+    from zpay.chains.protocol import ChainUnavailable
+
+    faulty = Faulty(ctx.chains.adapters["solana-local"])
+
+    async def leaky(**_kwargs: Any) -> PreparedTransfer:
+        raise ChainUnavailable("getLatestBlockhash: ClientConnectorError: Cannot connect to "
+                               "https://solana-mainnet.example.com/v2/SECRET-API-KEY-123")
+
+    faulty.prepare_approval = leaky  # type: ignore[method-assign]
+    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
+    try:
+        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
+            api = await merchant_api(ctx, http)
+            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
+            user = await funded_user(ctx, 100 * USDC)
+            key = await api.ok("POST", "/v1/session-keys", {
+                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
+                "expires_in_seconds": 3600})
+            resp = await api.post(f"/v1/session-keys/{key['id']}/approval",
+                                  user.sign_approval(key))
+        assert resp.status_code == 503 and resp.json()["code"] == "chain_unavailable"
+        assert "SECRET" not in resp.text and "example.com" not in resp.text
+    finally:
+        ctx.chains.adapters["solana-local"] = faulty.inner

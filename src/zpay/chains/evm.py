@@ -304,6 +304,9 @@ class EvmAdapter:
         any process can, the journal is shared)."""
         await self._relayer.heal()
 
+    async def maintain(self) -> None:
+        await self.resync_relayer()
+
     # ----------------------------------------------------------------- protocol
 
     def token(self, symbol: str) -> TokenInfo:

@@ -254,4 +254,9 @@ class ChainAdapter(Protocol):
         """Local networks only; FlowNotSupported elsewhere."""
         ...
 
+    async def maintain(self) -> None:
+        """Periodic upkeep a job runs (EVM: re-broadcast, replace or fill dropped or stuck
+        relayer transactions; Solana: nothing). Safe from any process."""
+        ...
+
     async def close(self) -> None: ...

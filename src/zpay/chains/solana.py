@@ -939,6 +939,9 @@ class SolanaAdapter:
             )
         return ChainReceipt(tx_id=str(signature), amount_base_units=amount_base_units)
 
+    async def maintain(self) -> None:
+        """Nothing to upkeep: the fee payer signs each transfer itself."""
+
     async def close(self) -> None:
         await self._backend.close()
 

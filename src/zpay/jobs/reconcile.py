@@ -124,6 +124,11 @@ async def reconcile_payments(ctx: AppContext, *, batch: int = BATCH,
     """Look at unsettled chain transfers, `batch` at a time; returns how many concluded.
     A claimed transfer is not claimed again this tick: its `updated_at` moved to now."""
     now = ctx.now()
+    for name, adapter in ctx.chains.adapters.items():
+        try:
+            await adapter.maintain()
+        except ChainError as exc:
+            log.warning("upkeep of %s failed (%s); next tick", name, exc.code)
     settled = await _release_stale_authorized(ctx, now, batch, max_batches)
     for _ in range(max_batches):
         claimed = await _claim(ctx, now, batch)
