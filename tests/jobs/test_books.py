@@ -6,6 +6,8 @@ once, and the chain decides every outcome."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.jobs.support import Clock
 from tests.jobs.test_expiry import balance, stored_key
 from tests.jobs.test_reconcile import Crash, Faulty, Paying, only_payment, paying  # noqa: F401
-from tests.support import funded_user, merchant_api
+from tests.support import Api, funded_user, merchant_api
 from zpay.chains.protocol import PreparedTransfer
 from zpay.jobs.reconcile import AUTHORIZED_GRACE, RECHECK_AFTER
 from zpay.jobs.scheduler import run_once
@@ -30,6 +32,46 @@ async def _count(ctx: AppContext, model: Any, *where: Any) -> int:
     async with ctx.db.sessions() as s:
         return int((await s.execute(select(func.count()).select_from(model).where(*where))
                     ).scalar_one())
+
+
+@dataclass
+class Approving:
+    api: Api
+    key: dict[str, Any]
+    user: Any
+    faulty: Faulty
+    clock: Clock
+
+    async def submit_dying(self, ctx: AppContext, on_submit: Any) -> None:
+        """Submit the approval through the service; `on_submit` raises Crash."""
+        from zpay.services import approvals
+        from zpay.services.auth import Principal, Role
+
+        self.faulty.on_submit = on_submit
+        row = await stored_key(ctx, self.key["id"])
+        with pytest.raises(Crash):
+            await approvals.submit_approval(ctx, Principal(row.merchant_id, Role.MERCHANT),
+                                            self.key["id"], self.user.sign_approval(self.key))
+        self.faulty.on_submit = None
+
+
+@pytest.fixture
+async def approving(ctx: AppContext, served: str) -> AsyncIterator[Approving]:
+    """A pending 40 USDC key of a funded user, its chain behind a faulty adapter."""
+    clock = ctx.clock = Clock()
+    faulty = Faulty(ctx.chains.adapters["solana-local"])
+    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
+    try:
+        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
+            api = await merchant_api(ctx, http)
+            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
+            user = await funded_user(ctx, 100 * USDC)
+            key = await api.ok("POST", "/v1/session-keys", {
+                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
+                "expires_in_seconds": 3600})
+            yield Approving(api, key, user, faulty, clock)
+    finally:
+        ctx.chains.adapters["solana-local"] = faulty.inner
 
 
 async def test_a_cancelled_request_never_frees_its_idempotency_key(
@@ -118,82 +160,42 @@ async def test_the_ledger_check_constraint_refuses_an_overdrawn_key(
 
 
 async def test_an_approval_interrupted_by_a_crash_is_settled_from_the_chain(
-        ctx: AppContext, served: str) -> None:
+        ctx: AppContext, approving: Approving) -> None:
     """Defect: an approval left `submitting` by a crash was never recovered."""
-    ctx.clock = clock = Clock()
-    faulty = Faulty(ctx.chains.adapters["solana-local"])
-    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
-    try:
-        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
-            api = await merchant_api(ctx, http)
-            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
-            user = await funded_user(ctx, 100 * USDC)
-            key = await api.ok("POST", "/v1/session-keys", {
-                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
-                "expires_in_seconds": 3600})
+    api, key = approving.api, approving.key
 
-            async def send_then_die(prepared: PreparedTransfer) -> None:
-                await faulty.inner.submit_transfer(prepared)
-                raise Crash
+    async def send_then_die(prepared: PreparedTransfer) -> None:
+        await approving.faulty.inner.submit_transfer(prepared)
+        raise Crash
 
-            faulty.on_submit = send_then_die
-            with pytest.raises(Crash):
-                from zpay.services import approvals
-                from zpay.services.auth import Principal, Role
-
-                row = await stored_key(ctx, key["id"])
-                await approvals.submit_approval(ctx, Principal(row.merchant_id, Role.MERCHANT),
-                                                key["id"], user.sign_approval(key))
-            faulty.on_submit = None
-            status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-            assert status["status"] == "pending_approval"  # the books do not guess
-            clock.advance(seconds=RECHECK_AFTER.total_seconds())
-            await run_once(ctx)
-            status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-            assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
-            assert await balance(ctx, key["session_key_address"]) == 40 * USDC
-    finally:
-        ctx.chains.adapters["solana-local"] = faulty.inner
+    await approving.submit_dying(ctx, send_then_die)
+    status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+    assert status["status"] == "pending_approval"  # the books do not guess
+    approving.clock.advance(seconds=RECHECK_AFTER.total_seconds())
+    await run_once(ctx)
+    status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+    assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
+    assert await balance(ctx, key["session_key_address"]) == 40 * USDC
 
 
 async def test_an_interrupted_approval_that_lapsed_can_be_renewed(
-        ctx: AppContext, served: str) -> None:
-    ctx.clock = clock = Clock()
-    faulty = Faulty(ctx.chains.adapters["solana-local"])
-    ctx.chains.adapters["solana-local"] = faulty  # type: ignore[assignment]
-    try:
-        async with httpx.AsyncClient(base_url=served, timeout=30) as http:
-            api = await merchant_api(ctx, http)
-            agent = await api.ok("POST", "/v1/agents", {"name": "a"})
-            user = await funded_user(ctx, 100 * USDC)
-            key = await api.ok("POST", "/v1/session-keys", {
-                "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "40",
-                "expires_in_seconds": 3600})
+        ctx: AppContext, approving: Approving) -> None:
+    api, key, user = approving.api, approving.key, approving.user
 
-            async def die(_prepared: PreparedTransfer) -> None:
-                raise Crash  # recorded, never sent
+    async def die(_prepared: PreparedTransfer) -> None:
+        raise Crash  # recorded, never sent
 
-            faulty.on_submit = die
-            with pytest.raises(Crash):
-                from zpay.services import approvals
-                from zpay.services.auth import Principal, Role
-
-                row = await stored_key(ctx, key["id"])
-                await approvals.submit_approval(ctx, Principal(row.merchant_id, Role.MERCHANT),
-                                                key["id"], user.sign_approval(key))
-            faulty.on_submit = None
-            refused = await api.post(f"/v1/session-keys/{key['id']}/approval/renew")
-            assert refused.json()["code"] == "approval_not_renewable"  # it may still land
-            faulty.inner.advance_blockhash()  # type: ignore[attr-defined]
-            clock.advance(seconds=RECHECK_AFTER.total_seconds())
-            await run_once(ctx)  # unknown and lapsed: it can never land
-            renewed = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval/renew")
-            status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval",
-                                  user.sign_approval({**key, **renewed}))
-            assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
-            assert await balance(ctx, user.address) == 60 * USDC  # debited exactly once
-    finally:
-        ctx.chains.adapters["solana-local"] = faulty.inner
+    await approving.submit_dying(ctx, die)
+    refused = await api.post(f"/v1/session-keys/{key['id']}/approval/renew")
+    assert refused.json()["code"] == "approval_not_renewable"  # it may still land
+    approving.faulty.inner.advance_blockhash()  # type: ignore[attr-defined]
+    approving.clock.advance(seconds=RECHECK_AFTER.total_seconds())
+    await run_once(ctx)  # unknown and lapsed: it can never land
+    renewed = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval/renew")
+    status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval",
+                          user.sign_approval({**key, **renewed}))
+    assert (status["status"], status["funded_amount"]) == ("active", "40.000000")
+    assert await balance(ctx, user.address) == 60 * USDC  # debited exactly once
 
 
 async def test_a_refund_is_booked_from_the_chain_never_guessed(

@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from zpay.chains.protocol import ChainError
+from zpay.chains.redaction import redact
 from zpay.custody import CustodyError
 from zpay.domain.errors import (
     Conflict,
@@ -19,7 +20,7 @@ from zpay.domain.errors import (
     Unauthorized,
     ZpayError,
 )
-from zpay.services.chain_errors import message_for, redact
+from zpay.services.chain_errors import message_for
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"

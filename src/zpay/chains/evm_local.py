@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -29,6 +28,7 @@ from zpay.chains import evm_tx
 from zpay.chains.anvil import AnvilProcess
 from zpay.chains.evm_relayer import decode_key, to_hex, translated, with_headroom
 from zpay.chains.protocol import ChainError
+from zpay.chains.redaction import redact_url
 from zpay.chains.registry import chains_data_dir
 
 if TYPE_CHECKING:
@@ -109,20 +109,6 @@ def _location(adapter: EvmAdapter) -> str:
     if anvil.state_path is None:
         return "an embedded anvil without a state directory"
     return f"the chain state directory {anvil.state_path.parent}"
-
-
-def redact_url(url: str) -> str:
-    """`url` without what may carry a secret (credentials, path, query, fragment)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    hidden = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
-    return f"{parts.scheme}://{host}{port}{hidden}" if parts.scheme else "<unparseable URL>"
 
 
 async def fund_relayer(adapter: EvmAdapter) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -37,6 +35,7 @@ from web3.types import RPCEndpoint
 
 from zpay.chains import evm_tx
 from zpay.chains.protocol import ChainError, ChainUnavailable
+from zpay.chains.redaction import redact, redact_url
 
 __all__ = [
     "Block",
@@ -69,27 +68,6 @@ RequestObserver = Callable[[str], Awaitable[None]]
 
 
 # ----------------------------------------------------------------- error translation
-
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\],]+")
-
-
-def redact_url(url: str) -> str:
-    """`url` without what may carry a secret (credentials, path, query, fragment)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    hidden = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
-    return f"{parts.scheme}://{host}{port}{hidden}" if parts.scheme else "<url>"
-
-
-def redact(text: str) -> str:
-    """`text` with every URL in it reduced to scheme, host and port."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def rpc_message(exc: Web3RPCError) -> str:

@@ -119,10 +119,7 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
     amount, with its transaction); provably never landing → tried again."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
-        key = (await s.execute(select(SessionKey).where(
-            SessionKey.id == select(ChainTransfer.session_key_id)
-            .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update()
-            .execution_options(populate_existing=True))).scalar_one()
+        key = await transfers.lock_key_of(s, transfer_id)
         transfer = await transfers.lock(s, transfer_id)
         code = (status.error or "transfer_failed") if status.state is TransferState.FAILED else None
         if not transfers.conclude(transfer, status, code, now):

@@ -147,10 +147,7 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
     the approval can be submitted again (a refusal) or renewed (it lapsed)."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
-        key = (await s.execute(select(SessionKey).where(
-            SessionKey.id == select(ChainTransfer.session_key_id)
-            .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update()
-            .execution_options(populate_existing=True))).scalar_one()
+        key = await transfers.lock_key_of(s, transfer_id)
         transfer = await transfers.lock(s, transfer_id)
         approval = await _lock_approval(s, transfer.subject_id)
         code = status.error if status.state is TransferState.FAILED else None

@@ -7,9 +7,9 @@ key in the path) goes to the log, redacted; responses and events carry only our 
 from __future__ import annotations
 
 import logging
-import re
 
 from zpay.chains.protocol import ChainError
+from zpay.chains.redaction import redact
 from zpay.domain.errors import ZpayError
 
 log = logging.getLogger(__name__)
@@ -27,16 +27,6 @@ MESSAGES = {
     "flow_not_supported": "this operation is not supported on this chain or token",
     "unknown_token": "this token is not available on this chain",
 }
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/'\"]+[^\s'\"]*")
-
-
-def redact(text: str) -> str:
-    """URLs lose everything after their host (paths and queries carry API keys)."""
-    return _URL.sub(lambda m: m.group(0).split("://", 1)[0] + "://"
-                    + m.group(0).split("://", 1)[1].split("/", 1)[0].split("@")[-1]
-                    + "/…", text)
-
-
 def message_for(code: str) -> str:
     return MESSAGES.get(code, "the chain refused the operation")
 

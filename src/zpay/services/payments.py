@@ -39,7 +39,6 @@ from zpay.services.views import payment_view, session_key_view
 from zpay.store.ids import new_id
 from zpay.store.models import (
     Agent,
-    ChainTransfer,
     Payment,
     PaymentAttempt,
     PolicySession,
@@ -316,14 +315,6 @@ def _failure_code(payment_id: str, status: TransferStatus) -> str:
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-async def _lock_key_of_transfer(s: AsyncSession, transfer_id: str) -> SessionKey:
-    # The key's lock first (as everywhere), found through the transfer in one query.
-    return (await s.execute(select(SessionKey).where(
-        SessionKey.id == select(ChainTransfer.session_key_id)
-        .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update()
-        .execution_options(populate_existing=True))).scalar_one()
-
-
 async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> dict[str, Any]:
     """Step 3, from the chain's answer for the payment's recorded transfer: confirmed →
     capture (late, if it had been released); failed (provably never lands) → release;
@@ -331,7 +322,7 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
     leaves the payment as it is."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
-        key = await _lock_key_of_transfer(s, transfer_id)
+        key = await transfers.lock_key_of(s, transfer_id)
         transfer = await transfers.lock(s, transfer_id)
         payment = await _lock_payment(s, transfer.subject_id)
         code = _failure_code(payment.id, status) if status.state is TransferState.FAILED else None

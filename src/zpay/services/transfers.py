@@ -49,6 +49,14 @@ def prepared_of(transfer: ChainTransfer) -> PreparedTransfer:
                             valid_until=transfer.valid_until)
 
 
+async def lock_key_of(s: AsyncSession, transfer_id: str) -> SessionKey:
+    """The key's row lock first (as everywhere), found through the transfer in one query."""
+    return (await s.execute(select(SessionKey).where(
+        SessionKey.id == select(ChainTransfer.session_key_id)
+        .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update()
+        .execution_options(populate_existing=True))).scalar_one()
+
+
 async def lock(s: AsyncSession, transfer_id: str) -> ChainTransfer:
     return (await s.execute(select(ChainTransfer).where(ChainTransfer.id == transfer_id)
                             .with_for_update().execution_options(populate_existing=True)
