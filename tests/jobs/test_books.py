@@ -20,7 +20,7 @@ from tests.jobs.test_expiry import balance, stored_key
 from tests.jobs.test_reconcile import Crash, Faulty, Paying, only_payment, paying  # noqa: F401
 from tests.support import Api, funded_user, merchant_api
 from zpay.chains.protocol import PreparedTransfer
-from zpay.jobs.reconcile import AUTHORIZED_GRACE, RECHECK_AFTER
+from zpay.jobs.reconcile import RECHECK_AFTER, authorized_grace
 from zpay.jobs.scheduler import run_once
 from zpay.services.context import AppContext
 from zpay.store.models import ChainTransfer, IdempotencyRecord, Payment, SessionKey
@@ -141,7 +141,7 @@ async def test_a_request_that_died_before_signing_is_answered_then_released(
     retry = await paying.pay("5", "order-3")
     assert retry["status"] == "authorized"
     assert await _count(ctx, IdempotencyRecord) == 1
-    paying.clock.advance(seconds=AUTHORIZED_GRACE.total_seconds())
+    paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds())
     await run_once(ctx)
     final = await paying.pay("5", "order-3")
     assert (final["id"], final["status"]) == (retry["id"], "failed")

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.jobs.support import Clock
 from tests.support import free_port
 from zpay.client.wallet import SolanaWallet
-from zpay.jobs.reconcile import AUTHORIZED_GRACE
+from zpay.jobs.reconcile import authorized_grace
 from zpay.jobs.scheduler import run_once
 from zpay.settings import Settings
 from zpay.store.database import Database
@@ -145,7 +145,7 @@ async def test_kill_9_between_submit_and_capture_then_reconcile(settings: Settin
     ctx = await build_context(settings)
     try:
         ctx.clock = clock = Clock()
-        clock.advance(seconds=(AUTHORIZED_GRACE + timedelta(seconds=1)).total_seconds())
+        clock.advance(seconds=(authorized_grace(settings) + timedelta(seconds=1)).total_seconds())
         await run_once(ctx)
         async with ctx.db.sessions() as s:
             after = await status_counts(s)

@@ -19,7 +19,7 @@ from tests.jobs.support import Clock
 from tests.jobs.test_expiry import balance, stored_key
 from tests.support import active_key, merchant_api
 from zpay.chains.protocol import ChainAdapter, PreparedTransfer
-from zpay.jobs.reconcile import AUTHORIZED_GRACE, RECHECK_AFTER
+from zpay.jobs.reconcile import RECHECK_AFTER, authorized_grace
 from zpay.jobs.scheduler import run_once
 from zpay.services import payments, session_keys
 from zpay.services.auth import Principal, Role
@@ -124,7 +124,7 @@ async def test_never_submitted_is_released_after_the_grace(ctx: AppContext,
     with pytest.raises(Crash):
         await paying.pay("30")
     assert (await only_payment(ctx)).status == "authorized"
-    paying.clock.advance(seconds=AUTHORIZED_GRACE.total_seconds() - 1)
+    paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds() - 1)
     assert (await run_once(ctx)).reconciled == 0
     paying.clock.advance(seconds=1)
     assert (await run_once(ctx)).reconciled == 1
@@ -187,7 +187,7 @@ async def test_recorded_but_never_sent_on_a_revoked_key_is_released_not_sent(
 async def test_a_payment_released_while_being_prepared_is_never_sent(
         ctx: AppContext, paying: Paying) -> None:
     async def slow_prepare() -> None:
-        paying.clock.advance(seconds=AUTHORIZED_GRACE.total_seconds())
+        paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds())
         assert (await run_once(ctx)).reconciled == 1
 
     paying.faulty.on_prepare = slow_prepare

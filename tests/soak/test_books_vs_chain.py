@@ -61,7 +61,7 @@ def test_two_servers_and_two_workers_share_the_relayer() -> None:
 
 # evm-local x sqlite is left to the CLI (`--kill 2 --anvil embedded --database sqlite`):
 # a payment caught between its hold and its recorded transfer is released only after
-# reconciliation's AUTHORIZED_GRACE (2 min), so each EVM crash run takes ~2.5 min.
+# reconciliation's grace (the request deadline + 5 s), so each EVM crash run takes longer.
 @pytest.mark.parametrize(("chain", "database"), [("evm-local", "postgres"),
                                                  ("solana-local", "sqlite"),
                                                  ("solana-local", "postgres")])

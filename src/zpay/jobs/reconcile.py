@@ -7,9 +7,11 @@
   valid block height) → released / lapsed / retried. Unknown to the chain but still valid
   → the recorded signed bytes are sent again (they can land only once), unless the key
   was revoked or expired meanwhile: those never pay, and such a transfer lapses by itself.
-- A payment `authorized` for `AUTHORIZED_GRACE` without a recorded transfer (the process
+- A payment `authorized` past `authorized_grace` without a recorded transfer (the process
   died before recording it, so nothing was sent) is released; the release applies only if
-  it is still `authorized` under lock, and nothing is sent for a payment that is not.
+  it is still `authorized` under lock, and nothing is sent for a payment that is not. The
+  grace is the request's own deadline (`confirm_timeout_s`, which bounds the signing
+  step) plus a margin: a live request is past that point by then.
 
 Never guessing: a chain that cannot be asked leaves everything as it is. Claiming a row
 moves its `updated_at` to now, so the next sweep (on any worker) looks at it again only
@@ -38,6 +40,7 @@ from zpay.domain.lifecycle import KeyStatus, PaymentStatus
 from zpay.jobs import refunds
 from zpay.services import approvals, payments, transfers
 from zpay.services.context import AppContext
+from zpay.settings import Settings
 from zpay.store.models import ChainTransfer, Payment, SessionKey
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,11 @@ log = logging.getLogger(__name__)
 BATCH = 50
 MAX_BATCHES = 10  # per tick
 RECHECK_AFTER = timedelta(seconds=5)  # younger: the request is still waiting for the chain
-AUTHORIZED_GRACE = timedelta(minutes=2)
+AUTHORIZED_MARGIN = timedelta(seconds=5)
+
+
+def authorized_grace(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.confirm_timeout_s) + AUTHORIZED_MARGIN
 
 Settler = Callable[[AppContext, str, TransferStatus], Awaitable[Any]]
 SETTLERS: dict[str, Settler] = {
@@ -105,11 +112,12 @@ async def _chain_status(ctx: AppContext, transfer: _Claimed) -> TransferStatus:
 async def _release_stale_authorized(ctx: AppContext, now: datetime, batch: int,
                                     max_batches: int) -> int:
     released = 0
+    grace = authorized_grace(ctx.settings)
     for _ in range(max_batches):
         async with ctx.db.sessions() as s:
             ids = (await s.execute(
                 select(Payment.id).where(Payment.status == PaymentStatus.AUTHORIZED.value,
-                                         Payment.created_at <= now - AUTHORIZED_GRACE)
+                                         Payment.created_at <= now - grace)
                 .order_by(Payment.created_at).limit(batch))).scalars().all()
         for payment_id in ids:
             body = await payments.release_unsent(ctx, payment_id, "transfer_never_submitted")
