@@ -119,3 +119,9 @@ async def served(ctx: AppContext) -> AsyncIterator[str]:
     """The app served by uvicorn on a loopback port: real HTTP."""
     async with serve(ctx) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end runs first: with xdist they then overlap the many short tests
+    instead of trailing after them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
