@@ -272,3 +272,25 @@ async def test_chain_prose_and_rpc_urls_never_reach_a_response(
         assert "SECRET" not in resp.text and "example.com" not in resp.text
     finally:
         ctx.chains.adapters["solana-local"] = faulty.inner
+
+
+async def test_an_approval_that_lands_after_its_key_expired_is_refunded(
+        ctx: AppContext, approving: Approving) -> None:
+    """Killed during the approval; the key expires before reconciliation looks: the chain
+    says the funds arrived, so they are booked — and go straight back to the user."""
+    api, key, user = approving.api, approving.key, approving.user
+
+    async def send_then_die(prepared: PreparedTransfer) -> None:
+        await approving.faulty.inner.submit_transfer(prepared)
+        raise Crash
+
+    await approving.submit_dying(ctx, send_then_die)
+    assert await balance(ctx, user.address) == 60 * USDC  # on chain, not in the books
+    approving.clock.advance(hours=2)  # past the key's expiry
+    await run_once(ctx)  # expire, reconcile (funds booked), refund
+    status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+    assert (status["status"], status["funded_amount"], status["refunded_amount"]) == (
+        "expired", "40.000000", "40.000000")
+    assert (status["refund_status"], status["remaining_amount"]) == ("done", "0.000000")
+    assert await balance(ctx, user.address) == 100 * USDC
+    assert await balance(ctx, key["session_key_address"]) == 0
