@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -161,7 +162,7 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
 
 
 def _fund(s: AsyncSession, key: SessionKey, approval: Approval, tx_id: str | None,
-          now: Any) -> None:
+          now: datetime) -> None:
     approval.status, approval.tx_id, approval.confirmed_at = "confirmed", tx_id, now
     book(key, ledger_of(key).fund(approval.amount))
     key.updated_at = now

@@ -44,11 +44,6 @@ def record(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str,
     return transfer
 
 
-def prepared_of(transfer: ChainTransfer) -> PreparedTransfer:
-    return PreparedTransfer(transfer.reference, transfer.payload,
-                            valid_until=transfer.valid_until)
-
-
 async def lock_key_of(s: AsyncSession, transfer_id: str) -> SessionKey:
     """The key's row lock first (as everywhere), found through the transfer in one query."""
     return (await s.execute(select(SessionKey).where(
@@ -61,12 +56,6 @@ async def lock(s: AsyncSession, transfer_id: str) -> ChainTransfer:
     return (await s.execute(select(ChainTransfer).where(ChainTransfer.id == transfer_id)
                             .with_for_update().execution_options(populate_existing=True)
                             )).scalar_one()
-
-
-async def latest_for(s: AsyncSession, subject_id: str, kind: str) -> ChainTransfer | None:
-    return (await s.execute(select(ChainTransfer).where(
-        ChainTransfer.subject_id == subject_id, ChainTransfer.kind == kind)
-        .order_by(ChainTransfer.created_at.desc(), ChainTransfer.id.desc()).limit(1))).scalar()
 
 
 def conclude(transfer: ChainTransfer, status: TransferStatus, code: str | None,
