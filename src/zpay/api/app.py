@@ -19,6 +19,7 @@ from zpay.api.events import EventController
 from zpay.api.webhooks import WebhookController
 from zpay.services.context import AppContext
 from zpay.settings import Settings
+from zpay.web import template_config, web_handlers
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,14 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         controllers.AgentController, controllers.SessionController,
         controllers.SessionKeyController, controllers.PaymentController,
         controllers.FaucetController, EventController, WebhookController, AuditController,
-        controllers.health,
+        controllers.health, *web_handlers(),
     ]
     return Litestar(
         route_handlers=handlers,
         dependencies={"ctx": Provide(provide_ctx), "principal": Provide(provide_principal),
                       "page": Provide(provide_page)},
         exception_handlers={Exception: handle_exception},
+        template_config=template_config(),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="zpay", version="0.1.0", path="/schema"),
         debug=False,

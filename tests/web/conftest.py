@@ -1,0 +1,51 @@
+"""A real browser for the page tests: Debian's chromium driven by Playwright (async API).
+
+`playwright install` cannot download browsers here, so Playwright is launched on the
+system executable. Screenshots go to docs/screenshots/ (README links them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, async_playwright
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("ZPAY_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        raise RuntimeError("chromium not found: run `bash scripts/setup` (installs Debian's "
+                           "chromium) or set ZPAY_CHROMIUM")
+    return path
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+@pytest.fixture
+async def page_context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    context = await browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        yield context
+    finally:
+        await context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
