@@ -17,6 +17,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _NONCE_LEN = 12
 _DATA_KEY_VERSION = 1  # the format of the secret ciphertext; data keys are never rotated
@@ -74,6 +76,17 @@ class Custody:
             master, sealed.wrapped_data_key, _aad(wallet_id, "dek", sealed.key_version)
         )
         return _open(data_key, sealed.ciphertext, _aad(wallet_id, "secret", _DATA_KEY_VERSION))
+
+    def derived_keys(self, purpose: str) -> list[bytes]:
+        """32-byte keys for one purpose (e.g. signing approval links), derived with HKDF
+        from each master key: the current one first (to sign), then the previous ones (still
+        accepted while a rotation is under way). A derived key reveals nothing of the
+        master key, and each purpose gets its own."""
+        versions = [self.current_version,
+                    *sorted((v for v in self._keys if v != self.current_version), reverse=True)]
+        return [HKDF(algorithm=SHA256(), length=32, salt=None,
+                     info=f"zpay/{purpose}/v{v}".encode()).derive(self._keys[v])
+                for v in versions]
 
     def rewrap(self, wallet_id: str, sealed: SealedSecret) -> SealedSecret:
         """Re-wrap the data key under the current master key; the secret ciphertext is kept."""

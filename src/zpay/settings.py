@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,22 @@ from pathlib import Path
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+_FRAME_SOURCE = re.compile(r"'none'|'self'|https?://[A-Za-z0-9.*-]+(:[0-9]+)?|[A-Za-z0-9.*-]+")
+
+
+def frame_ancestors(value: str) -> tuple[str, ...]:
+    """`ZPAY_FRAME_ANCESTORS`: the origins allowed to embed the approval page, separated by
+    spaces or commas ("'none'" by default; "'self'", "https://shop.example", …). Each is
+    checked, since it goes into a response header."""
+    sources = tuple(s for s in re.split(r"[\s,]+", value.strip()) if s)
+    for source in sources:
+        if not _FRAME_SOURCE.fullmatch(source):
+            raise ValueError(f"ZPAY_FRAME_ANCESTORS: {source!r} is not a CSP source")
+    if not sources or ("'none'" in sources and len(sources) > 1):
+        raise ValueError("ZPAY_FRAME_ANCESTORS: give 'none' alone, or one or more sources")
+    return sources
 
 
 @dataclass(frozen=True)
@@ -25,6 +42,10 @@ class Settings:
     chains: tuple[str, ...] = ("solana-local",)
     host: str = "127.0.0.1"
     port: int = 8000
+    # Where users reach this deployment (approval links); empty: http://{host}:{port}
+    public_url: str = ""
+    frame_ancestors: tuple[str, ...] = ("'none'",)  # who may embed the approval page
+    approval_link_ttl_s: int = 24 * 3600  # an approval link's life (never past the key's)
     scheduler_enabled: bool = True
     scheduler_interval_s: float = 1.0
     audit_interval_s: float = 60.0  # the audit reads balances from the chain: not every tick
@@ -57,6 +78,9 @@ class Settings:
             chains=chains,
             host=get("HOST", "127.0.0.1"),
             port=int(get("PORT", "8000")),
+            public_url=get("PUBLIC_URL", ""),
+            frame_ancestors=frame_ancestors(get("FRAME_ANCESTORS", "'none'")),
+            approval_link_ttl_s=int(get("APPROVAL_LINK_TTL_S", str(24 * 3600))),
             scheduler_enabled=_bool(get("SCHEDULER", "1")),
             scheduler_interval_s=float(get("SCHEDULER_INTERVAL_S", "1.0")),
             audit_interval_s=float(get("AUDIT_INTERVAL_S", "60")),
@@ -70,6 +94,11 @@ class Settings:
             log_level=get("LOG_LEVEL", "INFO"),
             db_pool_size=int(get("DB_POOL_SIZE", "20")),
         )
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL of this deployment, without a trailing slash."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:

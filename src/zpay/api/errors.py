@@ -34,10 +34,10 @@ _BY_CODE = {
     "approval_rejected": 422, "idempotency_key_reused": 422, "invalid_address": 422,
     "unknown_chain": 422, "unknown_token": 422, "flow_not_supported": 422,
     "transfer_failed": 502, "chain_unavailable": 503, "chain_error": 502,
-    "approval_pending": 202, "approval_in_flight": 409,
+    "approval_pending": 202, "approval_in_flight": 409, "approval_link_expired": 410,
 }
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 402: "Payment Refused", 403: "Forbidden",
-           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 410: "Gone",
            422: "Unprocessable Content", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable"}
 

@@ -37,6 +37,23 @@ class NetworkSpec:
     tokens: Mapping[str, TokenSpec]
     raw: Mapping[str, Any]
 
+    @property
+    def label(self) -> str:
+        """The network's name as people read it ("Base Sepolia (testnet)")."""
+        return str(self.raw.get("label") or self.info.name)
+
+    @property
+    def wallet_chain(self) -> str:
+        """The chain id wallets use: Wallet Standard ("solana:devnet") or CAIP-2 ("eip155:8453")."""
+        if self.info.chain_id is not None:
+            return f"eip155:{self.info.chain_id}"
+        return str(self.raw.get("wallet_chain") or f"{self.info.family}:{self.info.name}")
+
+    def explorer_url(self, tx_id: str | None) -> str | None:
+        """The transaction on the network's public explorer; None without one (local)."""
+        template = str(self.raw.get("explorer_tx") or "")
+        return template.replace("{tx}", tx_id) if template and tx_id else None
+
 
 def chains_data_dir() -> Path:
     packaged = Path(__file__).resolve().parent.parent / "_chains_data"

@@ -124,6 +124,7 @@ class Approval(Resource):
     tx_id: str | None = None
     session_key_id: str | None = None  # top-ups
     amount: Decimal | None = None  # top-ups
+    approval_url: str | None = None  # the hosted page where the user reviews and signs it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +152,7 @@ class SessionKey(Resource):
     created_at: datetime | None = None
     security: dict[str, Any] | None = None
     approval: Approval | None = None  # while pending_approval: what the user must sign
+    approval_url: str | None = None  # while pending_approval: the page the user signs it on
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,3 +48,13 @@ def format_amount(base_units: int, *, decimals: int) -> str:
     if decimals == 0:
         return f"{sign}{whole}"
     return f"{sign}{whole}.{frac:0{decimals}d}"
+
+
+def display_amount(base_units: int, *, decimals: int) -> str:
+    """Base units -> what people read: thousands grouped, at least two decimals, no trailing
+    zeros past them ("1,234.50", "0.000001"). The approval page's script formats decoded
+    amounts the same way (static/approval.js `displayAmount`) and compares the two texts."""
+    whole, _, frac = format_amount(base_units, decimals=decimals).partition(".")
+    sign, whole = ("-", whole[1:]) if whole.startswith("-") else ("", whole)
+    frac = frac.rstrip("0").ljust(min(2, decimals), "0")
+    return f"{sign}{int(whole):,}" + (f".{frac}" if frac else "")

@@ -23,7 +23,7 @@ from zpay.chains.protocol import ChainError, IssuedApproval, TransferState, Tran
 from zpay.domain.errors import Conflict, ZpayError
 from zpay.domain.lifecycle import KeyStatus, is_live, transition
 from zpay.domain.money import parse_amount
-from zpay.services import transfers
+from zpay.services import approval_links, transfers
 from zpay.services.auth import Principal
 from zpay.services.books import book, ledger_of
 from zpay.services.chain_errors import as_zpay_error, message_for
@@ -199,7 +199,7 @@ async def renew_approval(ctx: AppContext, principal: Principal, key_id: str,
         adapter = ctx.chains.get(key.chain)
         new = await issue_approval(s, adapter, key, token_of(key, adapter), kind, old.amount,
                                    old.method, now, funding_id=old.funding_id)
-    return approval_view(new)
+    return approval_links.with_url(ctx, approval_view(new), key, new)
 
 
 async def create_top_up(ctx: AppContext, principal: Principal, key_id: str, amount_text: str,
@@ -216,5 +216,6 @@ async def create_top_up(ctx: AppContext, principal: Principal, key_id: str, amou
         value = parse_amount(amount_text, decimals=token.decimals,
                              max_base_units=token.max_base_units)
         approval = await issue_approval(s, adapter, key, token, "top_up", value, method, now)
-    return {**approval_view(approval), "session_key_id": key.id,
+    body = {**approval_view(approval), "session_key_id": key.id,
             "amount": amount(value, key.decimals)}
+    return approval_links.with_url(ctx, body, key, approval)

@@ -15,6 +15,7 @@ from zpay.domain.lifecycle import KeyStatus, transition
 from zpay.domain.money import parse_amount
 from zpay.domain.policy import KeyState, authorize
 from zpay.domain.windows import Window
+from zpay.services import approval_links
 from zpay.services.agents import load_agent
 from zpay.services.auth import Principal
 from zpay.services.chain_errors import as_zpay_error
@@ -114,7 +115,7 @@ async def create_session_key(ctx: AppContext, principal: Principal,
         approval = await issue_approval(s, adapter, key, token, "funding", max_amount,
                                          req.approval_method, now)
         key_event(s, key, "session_key.created", now)
-    return session_key_view(key, approval)
+    return approval_links.with_url(ctx, session_key_view(key, approval), key, approval)
 
 
 def _check_linkable(policy_agent: str, policy_status: str, policy_token: str, key_agent: str,
@@ -168,6 +169,8 @@ async def get_status(ctx: AppContext, principal: Principal, key_id: str) -> dict
         if key.status == KeyStatus.PENDING_APPROVAL:
             approval = await find_approval(s, key, None, "funding")
     body = session_key_view(key, approval)
+    if approval is not None:
+        approval_links.with_url(ctx, body, key, approval)
     if key.status in (KeyStatus.ACTIVE, KeyStatus.EXHAUSTED, KeyStatus.PENDING_APPROVAL) and (
         ctx.now() >= key.expires_at
     ):

@@ -24,7 +24,10 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 def web_handlers() -> list[Any]:
     """Every page and the static assets. Page modules add their controllers here."""
+    from zpay.web.approval import ApprovalPageController
+
     return [
+        ApprovalPageController,
         create_static_files_router(path="/static", directories=[STATIC_DIR],
                                    include_in_schema=False, name="static"),
     ]

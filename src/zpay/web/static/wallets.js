@@ -190,7 +190,8 @@ export async function signTransaction(wallet, transaction, { chain } = {}) {
   const feature = solanaFeature(wallet, "solana:signTransaction");
   try {
     const input = { account: wallet.account, transaction };
-    if (chain) input.chain = chain;
+    // Only a chain the wallet names: some refuse one they do not know (e.g. solana:localnet).
+    if (chain && (wallet.account.chains || wallet.raw.chains || []).includes(chain)) input.chain = chain;
     const [output] = await feature.signTransaction(input);
     return new Uint8Array(output.signedTransaction);
   } catch (err) {
