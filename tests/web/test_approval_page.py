@@ -290,7 +290,7 @@ async def test_insufficient_funds_then_the_faucet(ctx: AppContext, served: str,
         await expect(page.get_by_test_id("error-approval_rejected")).to_contain_text(
             "does your wallet hold 25.00 USDC? Nothing moved.", timeout=TIMEOUT_MS)
         await page.get_by_role("button", name="Get 25.00 test USDC").click()
-        await expect(page.get_by_test_id("faucet-done")).to_contain_text("holds 25.000000 USDC")
+        await expect(page.get_by_test_id("faucet-done")).to_contain_text("holds 25.00 USDC")
         await page.get_by_role("button", name="Try again").click()
         await expect(page.get_by_test_id("activated")).to_be_visible(timeout=TIMEOUT_MS)
         await books_equal_chain(api, ctx, key["id"], "25")

@@ -530,8 +530,10 @@ async function onFaucet(button) {
   out.textContent = " Sending test funds…";
   const answer = await call("/faucet", "POST");
   button.disabled = false;
+  // The faucet answers decimal strings with every decimal of the token ("25.000000").
+  const balance = answer.ok && BigInt(String(answer.body.balance).replace(".", ""));
   out.textContent = answer.ok
-    ? ` Sent. Your wallet now holds ${answer.body.balance} ${facts.token}.`
+    ? ` Sent. Your wallet now holds ${shown(balance)}.`
     : ` ${answer.body.detail || "The faucet failed."}`;
   out.dataset.testid = answer.ok ? "faucet-done" : "faucet-failed";
 }
