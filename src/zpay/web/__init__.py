@@ -25,9 +25,13 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 def web_handlers() -> list[Any]:
     """Every page and the static assets. Page modules add their controllers here."""
     from zpay.web.approval import ApprovalPageController
+    from zpay.web.dashboard import dashboard_router
+    from zpay.web.user import user_handlers
 
     return [
         ApprovalPageController,
+        dashboard_router(),
+        *user_handlers(),
         create_static_files_router(path="/static", directories=[STATIC_DIR],
                                    include_in_schema=False, name="static"),
     ]
