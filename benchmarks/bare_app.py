@@ -1,4 +1,5 @@
-"""The baseline: a bare Litestar endpoint doing one trivial database transaction."""
+"""The baselines: bare Litestar endpoints doing one trivial database transaction (a hot-row
+UPDATE) or one indexed SELECT."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, post
+from litestar import Litestar, get, post
 from sqlalchemy import text
 
 from zpay.store.database import make_engine
@@ -33,4 +34,11 @@ async def one_transaction() -> dict[str, int]:
     return {"n": int(n)}
 
 
-app = Litestar([one_transaction], lifespan=[lifespan])
+@get("/select")
+async def one_select() -> dict[str, int]:
+    async with engine.connect() as conn:
+        n = (await conn.execute(text("SELECT n FROM bench_counter WHERE id = 1"))).scalar_one()
+    return {"n": int(n)}
+
+
+app = Litestar([one_transaction, one_select], lifespan=[lifespan])

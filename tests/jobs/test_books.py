@@ -20,7 +20,7 @@ from tests.jobs.test_expiry import balance, stored_key
 from tests.jobs.test_reconcile import Crash, Faulty, Paying, only_payment, paying  # noqa: F401
 from tests.support import Api, funded_user, merchant_api
 from zpay.chains.protocol import PreparedTransfer
-from zpay.jobs.reconcile import RECHECK_AFTER, authorized_grace
+from zpay.jobs.reconcile import RECHECK_AFTER
 from zpay.jobs.scheduler import run_once
 from zpay.services.context import AppContext
 from zpay.store.models import ChainTransfer, IdempotencyRecord, Payment, SessionKey
@@ -127,7 +127,7 @@ async def test_a_request_that_died_after_the_hold_is_answered_not_409(
     assert await balance(ctx, paying.recipient) == 12 * USDC
 
 
-async def test_a_request_that_died_before_signing_is_answered_then_released(
+async def test_a_request_that_died_while_signing_left_nothing_and_a_retry_pays_once(
         ctx: AppContext, paying: Paying) -> None:
     async def die() -> None:
         raise Crash
@@ -136,15 +136,15 @@ async def test_a_request_that_died_before_signing_is_answered_then_released(
     with pytest.raises(Crash):
         await paying.pay("5", "order-3")
     paying.faulty.on_prepare = None
-    # The hold was committed with its key: a retry answers that payment, it does not pay
-    # anew; the authorized payment is released by reconciliation (nothing was sent).
+    # Signing comes before the authorization's transaction: nothing was held or bound, so
+    # the retry runs afresh, and pays once.
+    assert await _count(ctx, IdempotencyRecord) == 0
+    assert await _count(ctx, Payment) == 0
     retry = await paying.pay("5", "order-3")
-    assert retry["status"] == "authorized"
-    assert await _count(ctx, IdempotencyRecord) == 1
-    paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds())
-    await run_once(ctx)
-    final = await paying.pay("5", "order-3")
-    assert (final["id"], final["status"]) == (retry["id"], "failed")
+    assert retry["status"] == "succeeded"
+    again = await paying.pay("5", "order-3")
+    assert (again["id"], again["status"]) == (retry["id"], "succeeded")
+    assert await balance(ctx, paying.recipient) == 5 * USDC
     assert (await stored_key(ctx, paying.key["id"])).held_amount == 0
 
 

@@ -19,12 +19,14 @@ from tests.jobs.support import Clock
 from tests.jobs.test_expiry import balance, stored_key
 from tests.support import active_key, merchant_api
 from zpay.chains.protocol import ChainAdapter, PreparedTransfer
+from zpay.domain.errors import PaymentRefused
 from zpay.jobs.reconcile import RECHECK_AFTER, authorized_grace
 from zpay.jobs.scheduler import run_once
 from zpay.services import payments, session_keys
 from zpay.services.auth import Principal, Role
+from zpay.services.books import book, ledger_of
 from zpay.services.context import AppContext
-from zpay.store.models import Payment
+from zpay.store.models import Payment, SessionKey
 
 
 class Crash(BaseException):
@@ -115,15 +117,40 @@ async def test_sent_then_crashed_is_captured(ctx: AppContext, paying: Paying) ->
     assert await balance(ctx, paying.key["session_key_address"]) == 70 * 10**6
 
 
-async def test_never_submitted_is_released_after_the_grace(ctx: AppContext,
-                                                           paying: Paying) -> None:
+async def test_a_crash_while_signing_leaves_nothing_and_a_retry_pays_once(
+        ctx: AppContext, paying: Paying) -> None:
+    """The transfer is signed before anything is written: a process that dies while
+    signing leaves no payment, no hold, no Idempotency-Key binding."""
     async def die() -> None:
         raise Crash
 
     paying.faulty.on_prepare = die
     with pytest.raises(Crash):
-        await paying.pay("30")
-    assert (await only_payment(ctx)).status == "authorized"
+        await paying.pay("30", "order-1")
+    paying.faulty.on_prepare = None
+    async with ctx.db.sessions() as s:
+        assert (await s.execute(select(Payment))).first() is None
+    assert (await stored_key(ctx, paying.key["id"])).held_amount == 0
+    body = await paying.pay("30", "order-1")
+    assert body["status"] == "succeeded"
+    assert await balance(ctx, paying.recipient) == 30 * 10**6
+
+
+async def test_never_submitted_is_released_after_the_grace(ctx: AppContext,
+                                                           paying: Paying) -> None:
+    """An `authorized` payment without a recorded transfer (left by a version that held
+    before signing, killed in between) is released once the grace has passed."""
+    row = await stored_key(ctx, paying.key["id"])
+    async with ctx.db.transaction() as s:
+        key = await s.get(SessionKey, row.id)
+        assert key is not None
+        book(key, ledger_of(key).hold(30 * 10**6))
+        now = ctx.now()
+        s.add(Payment(id="pay_legacy", merchant_id=key.merchant_id, session_key_id=key.id,
+                      agent_id=key.agent_id, policy_session_id=None, chain=key.chain,
+                      amount=30 * 10**6, recipient=paying.recipient, description=None,
+                      status="authorized", tx_reference=None, tx_id=None, failure_code=None,
+                      idempotency_key=None, created_at=now, updated_at=now))
     paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds() - 1)
     assert (await run_once(ctx)).reconciled == 0
     paying.clock.advance(seconds=1)
@@ -184,16 +211,19 @@ async def test_recorded_but_never_sent_on_a_revoked_key_is_released_not_sent(
     assert await balance(ctx, paying.key["session_key_address"]) == 0
 
 
-async def test_a_payment_released_while_being_prepared_is_never_sent(
+async def test_a_payment_outrun_while_being_signed_is_refused_and_never_sent(
         ctx: AppContext, paying: Paying) -> None:
-    async def slow_prepare() -> None:
-        paying.clock.advance(seconds=authorized_grace(ctx.settings).total_seconds())
-        assert (await run_once(ctx)).reconciled == 1
+    """Signing happens before the key's lock: another payment that takes the balance
+    meanwhile wins, this one is refused under the lock and its signed transfer dropped."""
+    async def another_payment_lands_first() -> None:
+        paying.faulty.on_prepare = None
+        assert (await paying.pay("80"))["status"] == "succeeded"
 
-    paying.faulty.on_prepare = slow_prepare
-    body = await paying.pay("30")
-    assert (body["status"], body["failure_code"]) == ("failed", "transfer_never_submitted")
+    paying.faulty.on_prepare = another_payment_lands_first
+    with pytest.raises(PaymentRefused) as refused:
+        await paying.pay("30")
+    assert refused.value.code == "insufficient_session_balance"
     row = await stored_key(ctx, paying.key["id"])
-    assert (row.spent_amount, row.held_amount) == (0, 0)
-    assert await balance(ctx, paying.recipient) == 0
-    assert await balance(ctx, paying.key["session_key_address"]) == 100 * 10**6
+    assert (row.spent_amount, row.held_amount) == (80 * 10**6, 0)
+    assert await balance(ctx, paying.recipient) == 80 * 10**6
+    assert await balance(ctx, paying.key["session_key_address"]) == 20 * 10**6

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from zpay.domain.windows import Spend, Window, WindowSpec, window_usage
+from zpay.domain.windows import Spend, Window, WindowSpec, WindowUsage, window_usage
 
 
 class Reason:
@@ -73,7 +73,9 @@ class PolicyState:
     expires_at: datetime | None
     limits: PolicyLimits
     total_committed: int  # held + captured, all time
-    spends: tuple[Spend, ...]  # held + captured within the longest window
+    spends: tuple[Spend, ...] = ()  # held + captured within the longest window
+    # The windows as the store keeps them (running totals); when given, `spends` is unused.
+    usage: dict[Window, WindowUsage] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def authorize(
     resets: dict[Window, datetime | None] = {w: None for w in Window}
     caps = [key_remaining]
     if policy is not None:
-        usage = window_usage(policy.limits.windows, policy.spends, now)
+        usage = (policy.usage if policy.usage is not None
+                 else window_usage(policy.limits.windows, policy.spends, now))
         for window in Window:
             limit = policy.limits.window_limit(window)
             resets[window] = usage[window].resets_at

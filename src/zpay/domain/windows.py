@@ -86,9 +86,63 @@ class WindowUsage:
     resets_at: datetime | None  # calendar: the boundary; rolling: when the oldest spend ages out
 
 
+@dataclass(frozen=True)
+class RunningTotal:
+    """One window kept incrementally: `used` is what the counted spending at or after
+    `since` adds up to. Moving `since` to the window's start subtracts the spending that
+    left the window in between (or adds back what a move backwards brings in)."""
+
+    since: datetime
+    used: int
+
+    def crossing(self, start: datetime) -> tuple[datetime, datetime, int] | None:
+        """The span [lo, hi) whose spending crosses the boundary when `since` moves to
+        `start`, and the sign it takes (-1: it leaves, +1: it comes back); None if none."""
+        if start > self.since:
+            return self.since, start, -1
+        if start < self.since:
+            return start, self.since, 1
+        return None
+
+    def counts(self, at: datetime) -> bool:
+        return at >= self.since
+
+
+Crossing = tuple[datetime, datetime, int]  # [lo, hi) and the sign its spending takes
+
+
+def crossings(stored: dict[Window, RunningTotal],
+              starts: dict[Window, datetime]) -> dict[Window, Crossing]:
+    """The spans whose spending crosses a boundary when each window moves to its start."""
+    return {w: c for w in Window if (c := stored[w].crossing(starts[w])) is not None}
+
+
+def move_totals(stored: dict[Window, RunningTotal], starts: dict[Window, datetime],
+          crossed: Iterable[tuple[datetime, int]]) -> dict[Window, RunningTotal]:
+    """The totals once each window moved to its start, given the counted spending
+    (time, amount) inside the union of the `crossings` spans (others are ignored)."""
+    spans = crossings(stored, starts)
+    delta = dict.fromkeys(Window, 0)
+    for at, amount in crossed:
+        for window, (lo, hi, sign) in spans.items():
+            if lo <= at < hi:
+                delta[window] += sign * amount
+    return {w: RunningTotal(starts[w], stored[w].used + delta[w]) for w in Window}
+
+
+def with_spend(totals: dict[Window, RunningTotal], amount: int,
+               at: datetime) -> dict[Window, RunningTotal]:
+    """The totals once spending at `at` starts (amount > 0) or stops (< 0) counting: only
+    the windows that count its time change."""
+    return {w: RunningTotal(t.since, t.used + amount) if t.counts(at) else t
+            for w, t in totals.items()}
+
+
 def window_usage(
     spec: WindowSpec, spends: Iterable[Spend], now: datetime
 ) -> dict[Window, WindowUsage]:
+    """The brute-force reading of every window (the reference the running totals are
+    tested against; also what a pure caller with all the spending at hand uses)."""
     spends = list(spends)
     usage: dict[Window, WindowUsage] = {}
     for window in Window:

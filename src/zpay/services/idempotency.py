@@ -4,7 +4,10 @@ The record is written in the SAME transaction as the payment's hold (or its refu
 can never say less than the books: a request that died before that commit left nothing and
 a retry runs afresh; one that committed is answered from the payment as it stands now,
 whatever happened to the process that made it (crash, cancellation, timeout). Same key +
-other body → 422. Scoped per merchant, kept for `idempotency_ttl_s` (24 h by default).
+other body → 422 (amounts compared by value: "0.02" is "0.020000"). Scoped per principal
+(`Principal.scope`: an agent, a session token, or the merchant acting as itself — as
+Stripe scopes keys per account), so one agent can neither read nor spoil another's keys.
+Kept for `idempotency_ttl_s` (24 h by default).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.domain.errors import InvalidRequest, ZpayError
+from zpay.domain.money import canonical_amount
+from zpay.services.auth import Principal
 from zpay.services.context import AppContext
+from zpay.services.rows import insert_row
 from zpay.store.ids import new_id
 from zpay.store.models import IdempotencyRecord
 
@@ -43,39 +49,59 @@ def validate_key(key: str | None) -> str:
 
 
 def request_fingerprint(body: dict[str, Any]) -> str:
+    """The request as compared under one key: equal amounts spelled differently are equal."""
+    if "amount" in body:
+        body = {**body, "amount": canonical_amount(body["amount"])}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()
 
 
-async def recall(s: AsyncSession, merchant_id: str, key: str, fingerprint: str,
-                 now: datetime) -> Remembered | None:
-    """Inside the caller's transaction: what this key already did, or None (an expired
-    record is dropped). Another body under the same key is refused."""
-    row = (await s.execute(select(IdempotencyRecord).where(
-        IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key
-    ).with_for_update())).scalar()
+@dataclass(frozen=True)
+class Lookup:
+    """What a key already did for its principal (None: nothing yet); `expired`: a record
+    past its time is in the way and goes when the key is bound again."""
+
+    remembered: Remembered | None
+    expired: bool = False
+
+
+async def recall(s: AsyncSession, principal: Principal, key: str, fingerprint: str,
+                 now: datetime) -> Lookup:
+    """What this principal's key already did (one indexed read). Another body under the
+    same key is refused. Binding happens in the payment's transaction (`remember`), whose
+    unique key decides between two concurrent first uses."""
+    row = (await s.execute(select(
+        IdempotencyRecord.request_hash, IdempotencyRecord.payment_id,
+        IdempotencyRecord.response_body, IdempotencyRecord.expires_at,
+    ).where(IdempotencyRecord.merchant_id == principal.merchant_id,
+            IdempotencyRecord.principal == principal.scope,
+            IdempotencyRecord.key == key))).first()
     if row is None:
-        return None
+        return Lookup(None)
     if row.expires_at <= now:
-        await s.delete(row)
-        await s.flush()
-        return None
+        return Lookup(None, expired=True)
     if row.request_hash != fingerprint:
         raise ZpayError("this Idempotency-Key was used with another request body",
                         code="idempotency_key_reused")
     refusal = json.loads(row.response_body) if row.response_body else None
-    return Remembered(row.payment_id, refusal)
+    return Lookup(Remembered(row.payment_id, refusal))
 
 
-def remember(s: AsyncSession, ctx: AppContext, merchant_id: str, key: str, fingerprint: str,
-             *, payment_id: str | None = None, refusal: dict[str, Any] | None = None) -> None:
+async def remember(s: AsyncSession, ctx: AppContext, principal: Principal, key: str,
+                   fingerprint: str, *, payment_id: str | None = None,
+                   refusal: dict[str, Any] | None = None, replace_expired: bool = False) -> None:
     """Bind the key, in the caller's transaction, to its payment or its refusal. A
-    concurrent request with the same key fails this insert at commit and, retried, reads
-    what the winner wrote."""
+    concurrent request with the same key fails this insert and, retried, reads what the
+    winner wrote."""
     now = ctx.now()
-    s.add(IdempotencyRecord(
-        id=new_id("idem"), merchant_id=merchant_id, key=key, request_hash=fingerprint,
-        status="completed", payment_id=payment_id,
+    if replace_expired:
+        await s.execute(delete(IdempotencyRecord).where(
+            IdempotencyRecord.merchant_id == principal.merchant_id,
+            IdempotencyRecord.principal == principal.scope, IdempotencyRecord.key == key,
+            IdempotencyRecord.expires_at <= now))
+    await insert_row(s, IdempotencyRecord, dict(
+        id=new_id("idem"), merchant_id=principal.merchant_id, principal=principal.scope,
+        key=key, request_hash=fingerprint, status="completed", payment_id=payment_id,
         response_status=None if refusal is None else 402,
         response_body=None if refusal is None else json.dumps(refusal), created_at=now,
         expires_at=now + timedelta(seconds=ctx.settings.idempotency_ttl_s)))

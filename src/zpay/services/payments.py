@@ -12,33 +12,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zpay.chains.protocol import ChainError, TransferState, TransferStatus
+from zpay.chains.protocol import ChainError, PreparedTransfer, TransferState, TransferStatus
 from zpay.domain.errors import Conflict, NotFound, PaymentRefused, ZpayError
+from zpay.domain.ledger import KeyLedger
 from zpay.domain.lifecycle import KeyStatus, PaymentStatus
 from zpay.domain.money import parse_amount
-from zpay.domain.policy import Reason, authorize
-from zpay.services import idempotency, transfers
+from zpay.domain.policy import KeyState, PolicyState, Reason, authorize
+from zpay.domain.windows import with_spend
+from zpay.services import books, events, idempotency, rows, transfers
+from zpay.services import fields as f
+from zpay.services import windows as policy_windows
 from zpay.services.auth import Principal
-from zpay.services.books import book, ledger_of
+from zpay.services.books import ledger_of
 from zpay.services.context import AppContext
-from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
-from zpay.services.session_keys import key_state, load_key, load_secret, token_of
-from zpay.services.sessions import policy_state
+from zpay.services.session_keys import load_key, load_secret, token_of
+from zpay.services.sessions import limits_of
+from zpay.services.tenancy import can_see_key, session_scope
 from zpay.services.views import payment_view, session_key_view
 from zpay.store.ids import new_id
 from zpay.store.models import (
     Agent,
+    ChainTransfer,
     Payment,
     PaymentAttempt,
     PolicySession,
@@ -49,10 +57,10 @@ log = logging.getLogger(__name__)
 
 
 class PaymentRequest(Request):
-    session_key_id: str
-    amount: str
-    recipient: str
-    description: str | None = None
+    session_key_id: f.Id
+    amount: f.Amount
+    recipient: f.Address
+    description: f.Description | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,35 @@ class PaymentOutcome:
     body: dict[str, Any]
     error: ZpayError | None = None
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class PaymentForm:
+    """How a payment's transfer is signed and recorded. Default: zpay's own transfer
+    (`prepare_transfer`), which zpay sends. Another form (x402) signs its own payload with
+    `prepare(adapter, secret=, key=, token=, recipient=, amount=, payment_id=)` and adds
+    its rows with `recorded(s, payment, key, transfer_id)` in the authorization's very
+    transaction; someone else sends it (see `authorize_signed`)."""
+
+    kind: str = "payment"
+    prepare: Callable[..., Awaitable[PreparedTransfer]] | None = None
+    recorded: Callable[[AsyncSession, Payment, SessionKey, str], Awaitable[None]] | None = None
+
+
+async def authorize_signed(
+    ctx: AppContext, principal: Principal, req: PaymentRequest, idempotency_key: str | None,
+    fingerprint: str, form: PaymentForm,
+) -> idempotency.Remembered | _Authorized | dict[str, Any]:
+    """Step 1 exactly as `create_payment` runs it (both layers, attempt, hold, the signed
+    transfer recorded, Idempotency-Key bound: one transaction), for a payment another
+    party sends: nothing is sent here. A dict: the payment failed before it was signed."""
+    for _ in range(3):
+        try:
+            return await _authorize(ctx, principal, req, idempotency_key, fingerprint, form)
+        except IntegrityError:
+            continue  # a concurrent request bound this Idempotency-Key first: read it
+    raise Conflict("a request with this Idempotency-Key is in flight",
+                   code="idempotency_request_in_flight")
 
 
 def _view(p: Payment, key: SessionKey) -> dict[str, Any]:
@@ -82,6 +119,13 @@ def _answer(body: dict[str, Any], *, replayed: bool = False) -> PaymentOutcome:
 
 async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequest,
                          idempotency_key: str | None = None) -> PaymentOutcome:
+    """Pay from a session key: THE entry point for "authorize a hold for (principal, key,
+    amount, recipient, Idempotency-Key)" — the API and the x402 payer call it.
+
+    Two write transactions: authorize (the key's Idempotency-Key bound to the payment,
+    the attempt, the hold, the signed transfer — signed BEFORE the lock is taken) and
+    settle (capture or release, events). A retry with the same key answers the payment as
+    it stands."""
     fingerprint = idempotency.request_fingerprint(msgspec.structs.asdict(req))
     for _ in range(3):
         try:
@@ -94,16 +138,29 @@ async def create_payment(ctx: AppContext, principal: Principal, req: PaymentRequ
                        code="idempotency_request_in_flight")
     if isinstance(authorized, idempotency.Remembered):
         return await _replay(ctx, principal, authorized)
-    payment, key, secret = authorized
+    if isinstance(authorized, dict):
+        return _answer(authorized)  # failed before anything was sent (the chain unreachable)
     try:
-        body = await _submit_and_settle(ctx, payment, key, secret)
+        body = await _send_and_settle(ctx, authorized)
     except Exception:
-        # The hold is written and bound to the key: the payment is answered as it stands
-        # and reconciliation settles it from the chain. (Cancellation propagates; the
-        # binding makes a retry answer this payment, never pay twice.)
-        log.exception("payment %s: unexpected error after authorization", payment.id)
-        body = await _current_view(ctx, payment.id)
+        # The hold and its transfer are written and bound to the key: the payment is
+        # answered as it stands and reconciliation settles it from the chain.
+        # (Cancellation propagates; the binding makes a retry answer this payment.)
+        log.exception("payment %s: unexpected error after authorization",
+                      authorized.payment.id)
+        body = await _current_view(ctx, authorized.payment.id)
     return _answer(body)
+
+
+@dataclass(frozen=True)
+class _Authorized:
+    """A payment whose hold and signed transfer are committed: what is left is to send."""
+
+    payment: Payment
+    key: SessionKey
+    transfer_id: str
+    prepared: PreparedTransfer
+    deadline: float  # loop time by which the request answers
 
 
 async def _replay(ctx: AppContext, principal: Principal,
@@ -131,68 +188,313 @@ async def _current_view(ctx: AppContext, payment_id: str) -> dict[str, Any]:
 
 async def _authorize(
     ctx: AppContext, principal: Principal, req: PaymentRequest, idempotency_key: str | None,
-    fingerprint: str,
-) -> idempotency.Remembered | tuple[Payment, SessionKey, bytes]:
-    """Step 1 in ONE transaction: both layers checked under lock, then the hold AND the
-    Idempotency-Key binding are written. A refusal is committed to the audit log (and the
-    key) before it is raised."""
+    fingerprint: str, form: PaymentForm = PaymentForm(),
+) -> idempotency.Remembered | _Authorized | dict[str, Any]:
+    """Read (no lock) what the Idempotency-Key already did and the key; sign the transfer;
+    then, in ONE transaction under the key's row lock (and its policy session's), check
+    both layers and write the attempt, and either the refusal or the payment with its hold,
+    its recorded transfer and the key's binding. A refusal is committed (audit log, key
+    binding) before it is raised; the signed transfer of a refused payment is dropped.
+    Concurrent authorizations of one key in this process share that transaction
+    (`_KeyBatches`)."""
+    pending = await _sign(ctx, principal, req, idempotency_key, fingerprint, form)
+    if isinstance(pending, idempotency.Remembered):
+        return pending
+    return await _batches_of(ctx).authorize(ctx, pending)
+
+
+@dataclass
+class _Pending:
+    """An authorization signed and waiting for its key's lock."""
+
+    principal: Principal
+    req: PaymentRequest
+    idempotency_key: str | None
+    fingerprint: str
+    form: PaymentForm
+    replace_expired: bool  # an expired record holds this Idempotency-Key
+    key_id: str
+    value: int
+    recipient: str
+    payment_id: str
+    prepared: PreparedTransfer | None  # None: could not be signed (`unsigned_code`)
+    unsigned_code: str | None
+    deadline: float
+
+    @property
+    def scope(self) -> tuple[str, str, str] | None:
+        if self.idempotency_key is None:
+            return None
+        return self.principal.merchant_id, self.principal.scope, self.idempotency_key
+
+
+async def _sign(
+    ctx: AppContext, principal: Principal, req: PaymentRequest, idempotency_key: str | None,
+    fingerprint: str, form: PaymentForm,
+) -> idempotency.Remembered | _Pending:
     now = ctx.now()
-    merchant_id = principal.merchant_id
-    async with ctx.db.transaction() as s:
+    lookup = idempotency.Lookup(None)
+    async with ctx.db.sessions() as s:
         if idempotency_key is not None:
-            remembered = await idempotency.recall(s, merchant_id, idempotency_key,
-                                                  fingerprint, now)
-            if remembered is not None:
-                return remembered
-        key = await load_key(s, principal, req.session_key_id, lock=True)
-        adapter = ctx.chains.get(key.chain)
-        token = token_of(key, adapter)
-        value = parse_amount(req.amount, decimals=token.decimals,
-                             max_base_units=token.max_base_units)
-        recipient = adapter.validate_address(req.recipient)
+            lookup = await idempotency.recall(s, principal, idempotency_key, fingerprint, now)
+            if lookup.remembered is not None:
+                return lookup.remembered
+        key = await load_key(s, principal, req.session_key_id)
+        secret = await load_secret(ctx, s, key)
+    adapter = ctx.chains.get(key.chain)
+    token = token_of(key, adapter)
+    value = parse_amount(req.amount, decimals=token.decimals,
+                         max_base_units=token.max_base_units)
+    recipient = adapter.validate_address(req.recipient)
+    check_recipient(adapter, session_wallet=key.address, token=token, recipient=recipient)
+    payment_id = new_id("pay")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.settings.confirm_timeout_s
+    prepared: PreparedTransfer | None = None
+    unsigned_code = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            if form.prepare is not None:
+                prepared = await form.prepare(adapter, secret=secret, key=key, token=token,
+                                              recipient=recipient, amount=value,
+                                              payment_id=payment_id)
+            else:
+                prepared = await adapter.prepare_transfer(
+                    secret=secret, source=key.address, destination=recipient, token=token,
+                    amount_base_units=value, reference_seed=f"{key.id}:{payment_id}")
+    except (ChainError, TimeoutError) as exc:
+        # Nothing can be sent: if the payment is allowed it fails at once, without a hold.
+        code = exc.code if isinstance(exc, ChainError) else "chain_unavailable"
+        unsigned_code = ("chain_unavailable" if code in ("chain_unavailable",
+                                                         "confirmation_timeout") else code)
+        log.warning("payment %s: could not prepare its transfer (%s)", payment_id,
+                    unsigned_code)
+    finally:
+        del secret
+    return _Pending(principal, req, idempotency_key, fingerprint, form, lookup.expired, key.id,
+                    value, recipient, payment_id, prepared, unsigned_code, deadline)
+
+
+_Outcome = _Authorized | dict[str, Any] | ZpayError
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+async def _authorize_batch(ctx: AppContext, key_id: str,
+                           batch: list[_Pending]) -> list[_Outcome]:
+    """ONE transaction for authorizations of one key, in arrival order: the key (and its
+    policy session) locked once, each decided against the balance and windows the ones
+    before it left, every row written, the key's and the policy's totals written once."""
+    now = ctx.now()
+    outcomes: list[_Outcome] = []
+    async with ctx.db.transaction() as s:
+        key = await _locked_key(s, key_id)
         policy_row = await _lock_policy(s, key.policy_session_id)
-        policy = await policy_state(s, policy_row, now) if policy_row is not None else None
-        decision = authorize(value, key=key_state(key), policy=policy, recipient=recipient,
-                             chain=key.chain, now=now)
-        refusal = None if decision.allowed else decision.reason
-        # An agent's own token was just checked active; a merchant paying for an agent's
-        # key needs the agent looked up.
-        if refusal is None and key.agent_id is not None and principal.agent_id != key.agent_id:
-            agent = await s.get(Agent, key.agent_id)
-            if agent is None or agent.status != "active":
-                refusal = Reason.AGENT_FROZEN
-        payment_id = new_id("pay") if refusal is None else None
-        s.add(PaymentAttempt(id=new_id("att"), merchant_id=key.merchant_id,
-                             session_key_id=key.id, agent_id=principal.agent_id, amount=value,
-                             recipient=recipient, allowed=refusal is None,
-                             reason=refusal or Reason.APPROVED, payment_id=payment_id,
-                             created_at=now))
-        if refusal is not None:
-            if idempotency_key is not None:
-                idempotency.remember(s, ctx, merchant_id, idempotency_key, fingerprint,
-                                     refusal={"code": refusal,
-                                              "message": _refusal_message(refusal)})
-        else:
-            assert payment_id is not None
-            payment = Payment(
-                id=payment_id, merchant_id=key.merchant_id, session_key_id=key.id,
-                agent_id=principal.agent_id, policy_session_id=key.policy_session_id,
-                chain=key.chain, amount=value, recipient=recipient, description=req.description,
-                status=PaymentStatus.AUTHORIZED.value, tx_reference=None, tx_id=None,
-                failure_code=None, idempotency_key=idempotency_key, created_at=now,
-                updated_at=now)
-            s.add(payment)
-            book(key, ledger_of(key).hold(value))
-            key.last_activity_at = key.updated_at = now
+        limits = totals = None
+        total_committed = 0
+        if policy_row is not None:
+            limits = limits_of(policy_row)
+            totals = await policy_windows.moved(s, policy_row, limits.windows, now)
+            total_committed = policy_row.total_committed
+        ledger = ledger_of(key)
+        agent_active: bool | None = None
+        for p in batch:
+            if not can_see_key(key, p.principal):  # unlinked from the caller's session
+                outcomes.append(NotFound(f"no session key {key.id!r}",
+                                         code="session_key_not_found"))
+                continue
+            policy = None
             if policy_row is not None:
-                policy_row.total_committed += value
-            if idempotency_key is not None:
-                idempotency.remember(s, ctx, merchant_id, idempotency_key, fingerprint,
-                                     payment_id=payment_id)
-            secret = await load_secret(ctx, s, key)
-    if refusal is not None:
-        raise PaymentRefused(_refusal_message(refusal), code=refusal)
-    return payment, key, secret
+                assert limits is not None and totals is not None
+                policy = PolicyState(status=policy_row.status, expires_at=policy_row.expires_at,
+                                     limits=limits, total_committed=total_committed,
+                                     usage=policy_windows.usage(limits.windows, totals, now))
+            state = KeyState(status=key.status, expires_at=key.expires_at,
+                             funded=ledger.funded, spent=ledger.spent, held=ledger.held,
+                             refunded=ledger.refunded)
+            decision = authorize(p.value, key=state, policy=policy, recipient=p.recipient,
+                                 chain=key.chain, now=now)
+            refusal = None if decision.allowed else decision.reason
+            # An agent's own token was just checked active; a merchant paying for an
+            # agent's key needs the agent looked up (once per batch).
+            if refusal is None and key.agent_id is not None and (
+                    p.principal.agent_id != key.agent_id):
+                if agent_active is None:
+                    agent_active = (await s.execute(select(Agent.status).where(
+                        Agent.id == key.agent_id))).scalar() == "active"
+                if not agent_active:
+                    refusal = Reason.AGENT_FROZEN
+            await rows.insert_row(s, PaymentAttempt, dict(
+                id=new_id("att"), merchant_id=key.merchant_id, session_key_id=key.id,
+                agent_id=p.principal.agent_id, amount=p.value, recipient=p.recipient,
+                allowed=refusal is None, reason=refusal or Reason.APPROVED,
+                payment_id=None if refusal is not None else p.payment_id, created_at=now))
+            if refusal is not None:
+                if p.idempotency_key is not None:
+                    await idempotency.remember(
+                        s, ctx, p.principal, p.idempotency_key, p.fingerprint,
+                        refusal={"code": refusal, "message": _refusal_message(refusal)},
+                        replace_expired=p.replace_expired)
+                outcomes.append(PaymentRefused(_refusal_message(refusal), code=refusal))
+                continue
+            payment = Payment(
+                id=p.payment_id, merchant_id=key.merchant_id, session_key_id=key.id,
+                agent_id=p.principal.agent_id, policy_session_id=key.policy_session_id,
+                chain=key.chain, amount=p.value, recipient=p.recipient,
+                description=p.req.description,
+                status=(PaymentStatus.SUBMITTED if p.prepared is not None
+                        else PaymentStatus.FAILED).value,
+                tx_reference=p.prepared.reference if p.prepared is not None else None,
+                tx_id=None, failure_code=p.unsigned_code, idempotency_key=p.idempotency_key,
+                created_at=now, updated_at=now)
+            await rows.insert_row(s, Payment, _columns(payment))
+            if p.prepared is not None:
+                ledger = ledger.hold(p.value)
+                if totals is not None:
+                    totals = with_spend(totals, p.value, now)
+                    total_committed += p.value
+                transfer_id = await transfers.insert(
+                    s, key=key, kind=p.form.kind, subject_id=p.payment_id,
+                    prepared=p.prepared, amount=p.value, now=now)
+                if p.form.recorded is not None:
+                    await p.form.recorded(s, payment, key, transfer_id)
+                outcomes.append(_Authorized(payment, key, transfer_id, p.prepared, p.deadline))
+            else:
+                await events.write(s, merchant_id=payment.merchant_id, type="payment.failed",
+                                   object_type="payment", object_id=payment.id,
+                                   data=_view(payment, key), now=now)
+                outcomes.append(_view(payment, key))
+            if p.idempotency_key is not None:
+                await idempotency.remember(s, ctx, p.principal, p.idempotency_key,
+                                           p.fingerprint, payment_id=p.payment_id,
+                                           replace_expired=p.replace_expired)
+        if ledger != ledger_of(key):
+            await books.write(s, key, ledger, last_activity_at=now, updated_at=now)
+        if policy_row is not None and total_committed != policy_row.total_committed:
+            assert totals is not None
+            await rows.update_row(s, PolicySession, policy_row.id, dict(
+                total_committed=total_committed, **policy_windows.values(totals)))
+    return outcomes
+
+
+class _PerKey(Generic[_In, _Out]):
+    """Per-key coalescing in this process: work for one key queues up while its
+    transaction runs, and the next transaction takes it all (up to `MAX_BATCH`), in
+    arrival order. Between processes the key's row lock still serializes the
+    transactions, so every decision stays exact everywhere."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, run: Callable[[AppContext, str, list[_In]], Awaitable[list[_Out]]],
+                 conflict: Callable[[_In], Any] = lambda _item: None) -> None:
+        self._run_batch, self._conflict = run, conflict
+        self._queues: dict[str, list[tuple[_In, asyncio.Future[_Out]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, ctx: AppContext, key_id: str, item: _In) -> _Out:
+        future: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # also when the request itself is gone
+        queue = self._queues.get(key_id)
+        if queue is None:
+            queue = self._queues[key_id] = []
+            task = asyncio.create_task(self._drain(ctx, key_id, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        queue.append((item, future))
+        # Shielded: a cancelled request's work may already be committing with its batch
+        # (its Idempotency-Key then answers it; reconciliation finishes what it left).
+        return await asyncio.shield(future)
+
+    async def _drain(self, ctx: AppContext, key_id: str,
+                     queue: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
+        try:
+            while queue:
+                batch, seen = [], set()
+                for item in list(queue):
+                    # Conflicting items (one Idempotency-Key used twice) go to different
+                    # transactions: the second then conflicts and is answered from the first.
+                    conflict = self._conflict(item[0])
+                    if conflict is not None and conflict in seen:
+                        continue
+                    seen.add(conflict)
+                    batch.append(item)
+                    queue.remove(item)
+                    if len(batch) == self.MAX_BATCH:
+                        break
+                await self._run(ctx, key_id, batch)
+        finally:
+            del self._queues[key_id]
+            for _, future in queue:  # only if this task itself was cancelled
+                if not future.done():
+                    future.set_exception(ZpayError("the server is stopping; retry",
+                                                   code="service_unavailable"))
+
+    async def _run(self, ctx: AppContext, key_id: str,
+                   batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
+        try:
+            outcomes = await self._run_batch(ctx, key_id, [item for item, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1 and isinstance(exc, IntegrityError):
+                # An Idempotency-Key bound meanwhile (another process): each on its own.
+                for item in batch:
+                    await self._run(ctx, key_id, [item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the server stops): nobody waits forever
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(ZpayError("the server is stopping; retry",
+                                                   code="service_unavailable"))
+            raise
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+
+@dataclass
+class _KeyBatches:
+    """The coalescers of one database in this process."""
+
+    authorizations: _PerKey[_Pending, _Outcome]
+    settlements: _PerKey[tuple[str, TransferStatus], dict[str, Any]]
+
+    async def authorize(self, ctx: AppContext, pending: _Pending) -> _Authorized | dict[str, Any]:
+        outcome = await self.authorizations.submit(ctx, pending.key_id, pending)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+_BATCHES: weakref.WeakKeyDictionary[Any, _KeyBatches] = weakref.WeakKeyDictionary()
+
+
+def _batches_of(ctx: AppContext) -> _KeyBatches:
+    """One coalescer per database per process (the key's row lock guards between them)."""
+    batches = _BATCHES.get(ctx.db)
+    if batches is None:
+        batches = _BATCHES[ctx.db] = _KeyBatches(
+            _PerKey(_authorize_batch, lambda pending: pending.scope), _PerKey(_settle_batch))
+    return batches
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+async def _locked_key(s: AsyncSession, key_id: str) -> SessionKey:
+    """The key's row under its lock, as a transient copy: the hot path writes with single
+    statements (books.write), never through the ORM's unit of work."""
+    row = (await s.execute(select(SessionKey.__table__).where(SessionKey.id == key_id)
+                           .with_for_update())).one()
+    return SessionKey(**row._mapping)
 
 
 def _refusal_message(reason: str) -> str:
@@ -206,51 +508,12 @@ def _refusal_message(reason: str) -> str:
     }.get(reason, f"payment refused: {reason.replace('_', ' ')}")
 
 
-async def _submit_and_settle(ctx: AppContext, payment: Payment, key: SessionKey,
-                             secret: bytes) -> dict[str, Any]:
-    adapter = ctx.chains.get(key.chain)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + ctx.settings.confirm_timeout_s
-    try:
-        async with asyncio.timeout_at(deadline):
-            prepared = await adapter.prepare_transfer(
-                secret=secret, source=key.address, destination=payment.recipient,
-                token=token_of(key, adapter), amount_base_units=payment.amount,
-                reference_seed=f"{key.id}:{payment.id}")
-    except (ChainError, TimeoutError) as exc:
-        # Nothing was signed into the books nor sent: the hold goes back at once.
-        code = exc.code if isinstance(exc, ChainError) else "chain_unavailable"
-        if code in ("chain_unavailable", "confirmation_timeout"):
-            code = "chain_unavailable"
-        log.warning("payment %s: could not prepare its transfer (%s)", payment.id, code)
-        return await release_unsent(ctx, payment.id, code)
-    finally:
-        del secret
-    # Record the transfer BEFORE sending, so any process can finish it from the chain.
-    now = ctx.now()
-    async with ctx.db.transaction() as s:
-        key = await _lock_key_row(s, key.id)
-        row = await _lock_payment(s, payment.id)
-        if row.status != PaymentStatus.AUTHORIZED:
-            return _view(row, key)  # released by reconciliation meanwhile; nothing was sent
-        if key.status == KeyStatus.REVOKED or now >= key.expires_at:
-            # Revocation is immediate: nothing was sent yet, so the payment fails.
-            code = (Reason.SESSION_KEY_REVOKED if key.status == KeyStatus.REVOKED
-                    else Reason.SESSION_KEY_EXPIRED)
-            _release(s, key, row, code, await _lock_policy(s, row.policy_session_id), now)
-            return _view(row, key)
-        transfer = transfers.record(s, key=key, kind="payment", subject_id=row.id,
-                                    prepared=prepared, amount=row.amount, now=now)
-        row.status, row.tx_reference = PaymentStatus.SUBMITTED.value, prepared.reference
-        row.updated_at = now
-    status = await transfers.send_and_wait(adapter, prepared, max(deadline - loop.time(), 0))
-    return await settle(ctx, transfer.id, status)
-
-
-async def _lock_key_row(s: AsyncSession, key_id: str) -> SessionKey:
-    return (await s.execute(select(SessionKey).where(SessionKey.id == key_id)
-                            .with_for_update().execution_options(populate_existing=True)
-                            )).scalar_one()
+async def _send_and_settle(ctx: AppContext, authorized: _Authorized) -> dict[str, Any]:
+    adapter = ctx.chains.get(authorized.key.chain)
+    remaining = max(authorized.deadline - asyncio.get_running_loop().time(), 0)
+    status = await transfers.send_and_wait(adapter, authorized.prepared, remaining)
+    return await _batches_of(ctx).settlements.submit(
+        ctx, authorized.key.id, (authorized.transfer_id, status))
 
 
 async def _lock_payment(s: AsyncSession, payment_id: str) -> Payment:
@@ -264,43 +527,66 @@ async def _lock_policy(s: AsyncSession, policy_session_id: str | None) -> Policy
     if policy_session_id is None:
         return None
     return (await s.execute(select(PolicySession).where(
-        PolicySession.id == policy_session_id).with_for_update())).scalar_one()
+        PolicySession.id == policy_session_id).with_for_update()
+        .execution_options(populate_existing=True))).scalar_one()
 
 
-def _release(s: AsyncSession, key: SessionKey, payment: Payment, code: str,
-             policy: PolicySession | None, now: datetime) -> None:
-    book(key, ledger_of(key).release(payment.amount))
-    if policy is not None:
-        policy.total_committed -= payment.amount
+async def _release(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment: Payment,
+                   code: str, now: datetime) -> KeyLedger:
+    """Its transfer can never land: the hold goes back (in the returned ledger, which the
+    caller books), and the policy's windows and total stop counting it (under the key's
+    lock; the policy's is taken here)."""
+    ledger = ledger.release(payment.amount)
+    if payment.policy_session_id is not None:
+        await _lock_policy(s, payment.policy_session_id)
+        await policy_windows.book_payment(s, payment.policy_session_id, -payment.amount,
+                                          payment.created_at)
     payment.status, payment.failure_code, payment.updated_at = (
         PaymentStatus.FAILED.value, code, now)
-    emit(s, merchant_id=payment.merchant_id, type="payment.failed", object_type="payment",
-         object_id=payment.id, data=_view(payment, key), now=now)
+    await rows.update_row(s, Payment, payment.id, dict(
+        status=payment.status, failure_code=code, updated_at=now))
+    await events.write(s, merchant_id=payment.merchant_id, type="payment.failed",
+                       object_type="payment", object_id=payment.id, data=_view(payment, key),
+                       now=now)
+    return ledger
 
 
-def _capture(s: AsyncSession, key: SessionKey, payment: Payment, tx_id: str | None,
-             policy: PolicySession | None, now: datetime) -> None:
-    ledger = ledger_of(key)
+async def _capture(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment: Payment,
+                   tx_id: str | None, now: datetime) -> KeyLedger:
     if payment.status == PaymentStatus.FAILED:
         # Released, yet its transfer landed after all: the chain is the truth.
         log.error("payment %s was released but its transfer landed; capturing it late",
                   payment.id)
         ledger = ledger.late_capture(payment.amount)
-        if policy is not None:
-            policy.total_committed += payment.amount
+        if payment.policy_session_id is not None:
+            await _lock_policy(s, payment.policy_session_id)
+            await policy_windows.book_payment(s, payment.policy_session_id, payment.amount,
+                                              payment.created_at)
         payment.failure_code = None
     else:
         ledger = ledger.capture(payment.amount)
-    book(key, ledger)
-    key.transaction_count += 1
-    key.updated_at = now
     payment.status, payment.tx_id, payment.updated_at = PaymentStatus.SUCCEEDED.value, tx_id, now
-    emit(s, merchant_id=payment.merchant_id, type="payment.succeeded", object_type="payment",
-         object_id=payment.id, data=_view(payment, key), now=now)
-    if key.status == KeyStatus.ACTIVE and ledger.remaining == 0 and ledger.held == 0:
-        key.status = KeyStatus.EXHAUSTED.value
-        emit(s, merchant_id=key.merchant_id, type="session_key.exhausted",
-             object_type="session_key", object_id=key.id, data=session_key_view(key), now=now)
+    await rows.update_row(s, Payment, payment.id, dict(
+        status=payment.status, tx_id=tx_id, failure_code=payment.failure_code,
+        updated_at=now))
+    await events.write(s, merchant_id=payment.merchant_id, type="payment.succeeded",
+                       object_type="payment", object_id=payment.id, data=_view(payment, key),
+                       now=now)
+    return ledger
+
+
+async def _book_settled(s: AsyncSession, key: SessionKey, ledger: KeyLedger, captured: int,
+                        now: datetime) -> None:
+    """Write the key once for every settlement of its transaction."""
+    exhausted = (key.status == KeyStatus.ACTIVE and ledger.remaining == 0
+                 and ledger.held == 0)
+    await books.write(s, key, ledger, transaction_count=key.transaction_count + captured,
+                      updated_at=now,
+                      status=KeyStatus.EXHAUSTED.value if exhausted else key.status)
+    if exhausted:
+        await events.write(s, merchant_id=key.merchant_id, type="session_key.exhausted",
+                           object_type="session_key", object_id=key.id,
+                           data=session_key_view(key), now=now)
 
 
 def _failure_code(payment_id: str, status: TransferStatus) -> str:
@@ -315,51 +601,81 @@ def _failure_code(payment_id: str, status: TransferStatus) -> str:
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+async def _locked_payment_of(s: AsyncSession, transfer_id: str) -> Payment:
+    """A transfer's payment under its row lock (the key's is taken first), as a transient
+    copy (written with single statements)."""
+    row = (await s.execute(select(Payment.__table__).where(
+        Payment.id == select(ChainTransfer.subject_id)
+        .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update())).one()
+    return Payment(**row._mapping)
+
+
 async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> dict[str, Any]:
     """Step 3, from the chain's answer for the payment's recorded transfer: confirmed →
     capture (late, if it had been released); failed (provably never lands) → release;
     anything else → left for reconciliation. Idempotent: a transfer already concluded
     leaves the payment as it is."""
+    async with ctx.db.sessions() as s:
+        key_id = (await s.execute(select(ChainTransfer.session_key_id).where(
+            ChainTransfer.id == transfer_id))).scalar_one()
+    return (await _settle_batch(ctx, key_id, [(transfer_id, status)]))[0]
+
+
+async def _settle_batch(ctx: AppContext, key_id: str,
+                        batch: list[tuple[str, TransferStatus]]) -> list[dict[str, Any]]:
+    """ONE transaction settles transfers of one key (the payment hot path's second): the
+    key locked and written once, each payment captured or released in order."""
     now = ctx.now()
+    views = []
     async with ctx.db.transaction() as s:
-        key = await transfers.lock_key_of(s, transfer_id)
-        transfer = await transfers.lock(s, transfer_id)
-        payment = await _lock_payment(s, transfer.subject_id)
-        code = _failure_code(payment.id, status) if status.state is TransferState.FAILED else None
-        if not transfers.conclude(transfer, status, code, now):
-            return _view(payment, key)
-        policy = await _lock_policy(s, payment.policy_session_id)
-        if status.state is TransferState.CONFIRMED and payment.status != PaymentStatus.SUCCEEDED:
-            _capture(s, key, payment, transfer.tx_id, policy, now)
-        elif status.state is TransferState.FAILED and payment.status == PaymentStatus.SUBMITTED:
-            assert code is not None
-            _release(s, key, payment, code, policy, now)
-        return _view(payment, key)
+        key = await _locked_key(s, key_id)
+        ledger, captured = ledger_of(key), 0
+        for transfer_id, status in batch:
+            payment = await _locked_payment_of(s, transfer_id)
+            code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
+                    else None)
+            transfer = await transfers.conclude_row(s, transfer_id, status, code, now)
+            if transfer is not None:
+                if (status.state is TransferState.CONFIRMED
+                        and payment.status != PaymentStatus.SUCCEEDED):
+                    ledger = await _capture(s, key, ledger, payment, transfer.tx_id, now)
+                    captured += 1
+                elif (status.state is TransferState.FAILED
+                        and payment.status == PaymentStatus.SUBMITTED):
+                    assert code is not None
+                    ledger = await _release(s, key, ledger, payment, code, now)
+            views.append(_view(payment, key))
+        if captured or ledger != ledger_of(key):
+            await _book_settled(s, key, ledger, captured, now)
+    return views
 
 
 async def release_unsent(ctx: AppContext, payment_id: str, code: str) -> dict[str, Any]:
-    """Release a payment that is still `authorized`: no transfer of it was recorded, so
-    none was sent, and `_submit_and_settle` sends nothing for a payment no longer
-    `authorized` (checked under the same locks)."""
+    """Release a payment that is still `authorized` (written by a version that recorded
+    the transfer after the hold): no transfer of it was recorded, so none was sent, and
+    nothing is sent for a payment no longer `authorized` (checked under the same locks)."""
     now = ctx.now()
     async with ctx.db.transaction() as s:
-        key = (await s.execute(select(SessionKey).where(
+        key_row = (await s.execute(select(SessionKey.__table__).where(
             SessionKey.id == select(Payment.session_key_id).where(Payment.id == payment_id)
-            .scalar_subquery()).with_for_update()
-            .execution_options(populate_existing=True))).scalar_one()
-        payment = await _lock_payment(s, payment_id)
+            .scalar_subquery()).with_for_update())).one()
+        key = SessionKey(**key_row._mapping)
+        payment_row = (await s.execute(select(Payment.__table__).where(
+            Payment.id == payment_id).with_for_update())).one()
+        payment = Payment(**payment_row._mapping)
         if payment.status == PaymentStatus.AUTHORIZED:
-            _release(s, key, payment, code, await _lock_policy(s, payment.policy_session_id),
-                     now)
+            await _book_settled(s, key, await _release(s, key, ledger_of(key), payment, code,
+                                                       now), 0, now)
         return _view(payment, key)
 
 
 async def get_payment(ctx: AppContext, principal: Principal, payment_id: str) -> dict[str, Any]:
     async with ctx.db.sessions() as s:
         payment = await s.get(Payment, payment_id)
-        if payment is None or payment.merchant_id != principal.merchant_id:
+        key = await s.get(SessionKey, payment.session_key_id) if payment is not None else None
+        if payment is None or key is None or not can_see_key(key, principal):
+            # Another merchant's, agent's or session's payment is the same 404 as an unknown one.
             raise NotFound(f"no payment {payment_id!r}", code="payment_not_found")
-        key = await load_key(s, principal, payment.session_key_id)  # agent scoping
     return _view(payment, key)
 
 
@@ -371,6 +687,7 @@ async def list_payments(ctx: AppContext, principal: Principal, page: Page,
                 .where(Payment.merchant_id == principal.merchant_id))
         if principal.agent_id is not None:
             stmt = stmt.where(SessionKey.agent_id == principal.agent_id)
+        stmt = stmt.where(*session_scope(SessionKey, principal))
         if session_key_id is not None:
             stmt = stmt.where(Payment.session_key_id == session_key_id)
         rows = (await s.execute(page.apply(stmt, Payment.id))).all()

@@ -10,20 +10,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.domain import tokens
 from zpay.domain.errors import Conflict, InvalidRequest, NotFound
-from zpay.domain.lifecycle import COUNTED, SessionStatus
+from zpay.domain.lifecycle import SessionStatus
 from zpay.domain.money import parse_amount
-from zpay.domain.policy import PolicyLimits, PolicyState, spends_from
-from zpay.domain.windows import Window, WindowMode, WindowSpec, load_timezone, window_usage
+from zpay.domain.policy import PolicyLimits, PolicyState
+from zpay.domain.windows import RunningTotal, Window, WindowMode, WindowSpec, load_timezone
+from zpay.services import fields as f
+from zpay.services import windows as policy_windows
 from zpay.services.agents import load_agent
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.recipients import validate_allowed_recipients
 from zpay.services.requests import Request
 from zpay.services.tenancy import fetch_owned, visible
 from zpay.services.views import amount, policy_session_view, ts
 from zpay.store.ids import new_id
-from zpay.store.models import Merchant, Payment, PolicySession, SessionKey
+from zpay.store.models import Merchant, PolicySession, SessionKey
 
 DEFAULT_TOKEN = ("USDC", 6)
 _LIMIT_FIELDS = ("max_per_transaction", "max_per_day", "max_per_week", "max_per_month",
@@ -32,20 +35,20 @@ MAX_LIMIT_BASE_UNITS = 2**256 - 1
 
 
 class SessionRequest(Request):
-    agent_id: str
-    user_wallet: str | None = None
-    token: str = "USDC"
-    max_per_transaction: str | None = None
-    max_per_day: str | None = None
-    max_per_week: str | None = None
-    max_per_month: str | None = None
-    max_total: str | None = None
-    allowed_recipients: list[str] | None = None
-    allowed_chains: list[str] | None = None
-    allowed_methods: list[str] | None = None
+    agent_id: f.Id
+    user_wallet: f.Address | None = None
+    token: f.Symbol = "USDC"
+    max_per_transaction: f.Amount | None = None
+    max_per_day: f.Amount | None = None
+    max_per_week: f.Amount | None = None
+    max_per_month: f.Amount | None = None
+    max_total: f.Amount | None = None
+    allowed_recipients: f.Recipients | None = None
+    allowed_chains: f.ChainNames | None = None
+    allowed_methods: f.Methods | None = None
     active_hours: list[int] | None = None
-    window_mode: str = "rolling"
-    timezone: str = "UTC"
+    window_mode: f.WindowModeName = "rolling"
+    timezone: f.Timezone = "UTC"
     expires_at: datetime | None = None
     expires_in_seconds: int | None = None
 
@@ -87,17 +90,17 @@ def limits_of(s: PolicySession) -> PolicyLimits:
     )
 
 
-async def policy_state(s: AsyncSession, policy: PolicySession, now: datetime) -> PolicyState:
+async def policy_state(s: AsyncSession, policy: PolicySession, now: datetime,
+                       totals: dict[Window, RunningTotal] | None = None) -> PolicyState:
+    """The session as the policy check reads it at `now`. Its windows come from the running
+    totals on its row (services.windows): the cost does not grow with its history.
+    `totals`: already moved to `now` by the caller (which then writes them)."""
     limits = limits_of(policy)
-    since = limits.windows.earliest_start(now)
-    rows = (await s.execute(
-        select(Payment.created_at, Payment.amount).where(
-            Payment.policy_session_id == policy.id, Payment.status.in_(COUNTED),
-            Payment.created_at >= since)
-    )).all()
+    if totals is None:
+        totals = await policy_windows.moved(s, policy, limits.windows, now)
     return PolicyState(status=policy.status, expires_at=policy.expires_at, limits=limits,
                        total_committed=policy.total_committed,
-                       spends=spends_from((r[0], r[1]) for r in rows))
+                       usage=policy_windows.usage(limits.windows, totals, now))
 
 
 async def load_session(s: AsyncSession, principal: Principal, session_id: str,
@@ -125,13 +128,18 @@ async def create_session(ctx: AppContext, principal: Principal,
     load_timezone(req.timezone)
     if req.active_hours is not None and (
         len(req.active_hours) != 2 or not all(0 <= h <= 24 for h in req.active_hours)
+        or req.active_hours[0] == req.active_hours[1]  # empty or all day: ambiguous
     ):
-        raise InvalidRequest("active_hours is [start_hour, end_hour] in 0..24",
-                             code="invalid_active_hours")
+        raise InvalidRequest("active_hours is [start_hour, end_hour] in 0..24, start != end "
+                             "(use [0, 24] for all day)", code="invalid_active_hours")
     if req.allowed_chains is not None:
         for chain in req.allowed_chains:
             ctx.chains.get(chain)
     recipients = req.allowed_recipients
+    if recipients is not None:  # addresses of the session's chains, stored canonical
+        recipients = validate_allowed_recipients(
+            [ctx.chains.get(c) for c in req.allowed_chains] if req.allowed_chains is not None
+            else ctx.chains.adapters.values(), recipients)
     expires_at = resolve_expiry(now, req.expires_at, req.expires_in_seconds, required=False)
     async with ctx.db.transaction() as s:
         await load_agent(s, principal, req.agent_id)
@@ -144,6 +152,7 @@ async def create_session(ctx: AppContext, principal: Principal,
             allowed_recipients=recipients, allowed_chains=req.allowed_chains,
             allowed_methods=req.allowed_methods, active_hours=req.active_hours,
             window_mode=mode.value, timezone=req.timezone, total_committed=0,
+            **policy_windows.values({w: RunningTotal(now, 0) for w in Window}),
             status=SessionStatus.ACTIVE.value, token_hash=tokens.token_hash(token),
             expires_at=expires_at, created_at=now, revoked_at=None)
         s.add(policy)
@@ -156,10 +165,13 @@ async def create_session(ctx: AppContext, principal: Principal,
 async def _status_body(ctx: AppContext, policy: PolicySession) -> dict[str, Any]:
     now = ctx.now()
     async with ctx.db.sessions() as s:
-        state = await policy_state(s, policy, now)
+        spec = limits_of(policy).windows
+        totals = await policy_windows.moved(s, policy, spec, now)
+        state = await policy_state(s, policy, now, totals)
+        oldest = await policy_windows.oldest_counted(s, policy.id, totals)
         key_ids = (await s.execute(select(SessionKey.id).where(
             SessionKey.policy_session_id == policy.id))).scalars().all()
-    usage = window_usage(state.limits.windows, state.spends, now)
+    usage = policy_windows.usage(spec, totals, now, oldest)
     d = policy.decimals
     windows = {}
     for window in Window:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import (
@@ -25,6 +26,7 @@ from zpay.chains.protocol import (
     TransferState,
     TransferStatus,
 )
+from zpay.services.rows import insert_row, table_of
 from zpay.store.ids import new_id
 from zpay.store.models import ChainTransfer, SessionKey
 
@@ -42,6 +44,36 @@ def record(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str,
         status=PENDING, tx_id=None, failure_code=None, created_at=now, updated_at=now)
     s.add(transfer)
     return transfer
+
+
+async def insert(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str,
+                 prepared: PreparedTransfer, amount: int, now: datetime) -> str:
+    """`record` in one INSERT statement (the payment hot path); returns the transfer's id."""
+    transfer_id = new_id("xfer")
+    await insert_row(s, ChainTransfer, dict(
+        id=transfer_id, merchant_id=key.merchant_id, session_key_id=key.id, kind=kind,
+        subject_id=subject_id, chain=key.chain, reference=prepared.reference,
+        payload=prepared.payload, amount=amount, valid_until=prepared.valid_until,
+        status=PENDING, tx_id=None, failure_code=None, created_at=now, updated_at=now))
+    return transfer_id
+
+
+async def conclude_row(s: AsyncSession, transfer_id: str, status: TransferStatus,
+                       code: str | None, now: datetime) -> ChainTransfer | None:
+    """`conclude` in one conditional UPDATE: the transfer as concluded, or None if it was
+    already final (another process concluded it) or the answer is not final."""
+    if status.state is TransferState.CONFIRMED:
+        values: dict[str, Any] = {"status": CONFIRMED,
+                                  "tx_id": status.tx_id or table_of(ChainTransfer).c.reference}
+    elif status.state is TransferState.FAILED:
+        values = {"status": FAILED, "failure_code": code}
+    else:
+        return None
+    table = table_of(ChainTransfer)
+    row = (await s.execute(update(table).where(
+        table.c.id == transfer_id, table.c.status == PENDING)
+        .values(updated_at=now, **values).returning(*table.columns))).first()
+    return None if row is None else ChainTransfer(**row._mapping)
 
 
 async def lock_key_of(s: AsyncSession, transfer_id: str) -> SessionKey:

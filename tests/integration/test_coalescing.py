@@ -1,0 +1,97 @@
+"""Per-key coalescing stays exact: concurrent authorizations of one key share one
+transaction (locked once, decided in arrival order), and the sum of what succeeds is
+exactly what the balance and the linked windows allow — in one process, and across two
+processes (two contexts with their own pools and coalescers), on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from decimal import Decimal
+
+import pytest
+from solders.keypair import Keypair
+from sqlalchemy import select
+
+from tests.integration.test_windows import linked_key
+from zpay.domain.errors import PaymentRefused
+from zpay.services import payments, sessions
+from zpay.services.auth import Principal
+from zpay.services.context import AppContext
+from zpay.store.database import Database
+from zpay.store.models import PaymentAttempt, SessionKey
+
+USDC = 10**6
+
+
+async def _pay_64(contexts: list[AppContext], agent: Principal, key_id: str,
+                  amounts: list[int]) -> tuple[list[int], list[tuple[int, str]]]:
+    to = str(Keypair().pubkey())
+
+    async def pay(i: int, amount: int) -> tuple[int, str]:
+        ctx = contexts[i % len(contexts)]
+        try:
+            body = (await payments.create_payment(ctx, agent, payments.PaymentRequest(
+                session_key_id=key_id, amount=str(amount), recipient=to),
+                f"order-{i}")).body
+        except PaymentRefused as refusal:
+            return amount, refusal.code
+        return amount, body["status"]
+
+    results = await asyncio.gather(*(pay(i, a) for i, a in enumerate(amounts)))
+    paid = [a for a, status in results if status == "succeeded"]
+    refused = [(a, status) for a, status in results if status != "succeeded"]
+    balance = await contexts[0].chains.get("solana-local").balance(
+        to, contexts[0].chains.get("solana-local").token("USDC"))
+    assert balance == sum(paid) * USDC  # books == chain
+    return paid, refused
+
+
+async def _check_exact(ctx: AppContext, agent: Principal, key_id: str, policy_id: str,
+                       paid: list[int], refused: list[tuple[int, str]], *, funds: int,
+                       day: int) -> None:
+    spent = sum(paid)
+    assert spent <= min(funds, day)
+    # Capacity only shrank during the run (nothing was released): every refused amount
+    # was more than what was left when it was decided, so more than what is left now.
+    left = min(funds, day) - spent
+    assert refused and all(amount > left for amount, _ in refused), (left, refused)
+    assert {code for _, code in refused} <= {"daily_limit", "insufficient_session_balance"}
+    status = await sessions.get_session(ctx, agent, policy_id)
+    assert Decimal(status["windows"]["day"]["used"]) == spent
+    async with ctx.db.sessions() as s:
+        key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))).scalar_one()
+        assert (key.spent_amount, key.held_amount) == (spent * USDC, 0)
+        decided_at = (await s.execute(select(PaymentAttempt.created_at).where(
+            PaymentAttempt.session_key_id == key_id))).scalars().all()
+    assert len(decided_at) == 64
+    # Coalesced: several authorizations were decided in one transaction (one `now`).
+    assert len(set(decided_at)) < 64
+
+
+@pytest.mark.parametrize(("funds", "day"), [(100, 60), (100, 1000)])
+async def test_64_concurrent_payments_on_one_key_are_exact(ctx: AppContext, funds: int,
+                                                            day: int) -> None:
+    agent, key_id, policy_id = await linked_key(ctx, funds=str(funds), day=str(day),
+                                                week="100000", month="100000")
+    rng = random.Random(f"{funds}-{day}")
+    amounts = [rng.randint(1, 9) for _ in range(64)]
+    paid, refused = await _pay_64([ctx], agent, key_id, amounts)
+    await _check_exact(ctx, agent, key_id, policy_id, paid, refused, funds=funds, day=day)
+
+
+async def test_64_concurrent_payments_from_two_processes_are_exact(
+        ctx: AppContext, database_url: str) -> None:
+    """Two processes: on PostgreSQL the key's row lock orders them; on SQLite the file's
+    write lock does."""
+    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
+                       chains=ctx.chains, clock=ctx.clock)
+    try:
+        agent, key_id, policy_id = await linked_key(ctx, funds="100", day="60",
+                                                    week="100000", month="100000")
+        rng = random.Random("two")
+        paid, refused = await _pay_64([ctx, other], agent, key_id,
+                                      [rng.randint(1, 9) for _ in range(64)])
+        await _check_exact(ctx, agent, key_id, policy_id, paid, refused, funds=100, day=60)
+    finally:
+        await other.db.dispose()
