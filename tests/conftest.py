@@ -20,9 +20,12 @@ from zpay.settings import Settings
 from zpay.store.migrate import upgrade
 
 PG_DSN = os.environ.get("ZPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-TABLES = ("audit_findings", "relayer_txs", "relayer_accounts",
+TABLES = ("rate_limit_counters",
+          "dashboard_sessions", "dashboard_users", "user_sessions", "signin_nonces",
+          "audit_findings", "relayer_txs", "relayer_accounts",
           "webhook_attempts", "webhook_deliveries", "webhook_endpoints", "events",
-          "payment_attempts", "idempotency_records", "payments", "approvals", "wallet_secrets",
+          "payment_attempts", "idempotency_records", "x402_payments", "payments", "approvals",
+          "wallet_secrets",
           "session_keys", "policy_sessions", "agents", "api_keys", "merchants",
           "chain_instances")
 
@@ -99,6 +102,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url, data_dir=tmp_path / "data",
         master_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         scheduler_enabled=False, webhooks_allow_private=True, confirm_timeout_s=10.0,
+        # generous: rate limits are exercised (tests/api/test_rate_limits.py sets its own)
+        rate_limit_per_token=1_000_000, rate_limit_per_address=1_000_000,
+        rate_limit_refusals=1_000_000,
     )
 
 

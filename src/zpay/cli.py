@@ -24,29 +24,53 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
+    import socket
 
-    import uvicorn
-
-    from zpay.api.app import create_app
+    from zpay.api.app import build_context, create_app
+    from zpay.api.observability import configure_logging, listening_server
+    from zpay.api.workers import CannotFork, check_multiprocess, run_loop, serve_forked
 
     if args.no_scheduler:
         settings = dataclasses.replace(settings, scheduler_enabled=False)
     host, port = args.host or settings.host, args.port or settings.port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run(sock: socket.socket | None = None) -> None:
+        # The context first, in this loop: a start-up refusal (unwritable data directory,
+        # missing or foreign chain state, unmigrated database) reaches `main` as one
+        # sentence instead of a lifespan traceback.
+        ctx = await build_context(settings)
+        try:
+            await listening_server(create_app(context=ctx), host=host, port=port).serve(
+                sockets=None if sock is None else [sock])
+        finally:
+            await ctx.chains.close()
+            await ctx.db.dispose()
+
+    if args.workers > 1:  # processes sharing one socket (zpay.api.workers)
+        try:
+            check_multiprocess(settings)
+        except CannotFork as exc:
+            print(f"zpay serve: {exc}", file=sys.stderr)
+            return 2
+        from zpay.metrics import prepare_multiprocess
+
+        # /metrics in any worker then shows every worker's counters
+        prepare_multiprocess(settings.data_dir / f"prometheus-{port}")
+        return serve_forked(args.workers, host, port, run)
+    run_loop(run())  # on uvloop
     return 0
 
 
 def _worker(_args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
-    import logging
 
     from zpay.api.app import build_context
+    from zpay.api.observability import configure_logging
     from zpay.jobs.scheduler import run_until_signalled
 
     # Libraries at WARNING: httpx and APScheduler log every request and run at INFO.
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("zpay").setLevel(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> None:
         ctx = await build_context(settings)
@@ -200,6 +224,12 @@ def _demo(args: argparse.Namespace, _settings: Settings) -> int:
     from zpay.demo import run_demo
 
     return run_demo(chain=args.chain, data_dir=args.data_dir)
+
+
+def _mcp(args: argparse.Namespace, _settings: Settings) -> int:
+    from zpay.mcp.stdio import run
+
+    return run(url=args.url)
 
 
 # ------------------------------------------------------------------ API commands
@@ -405,14 +435,18 @@ def _sessions_revoke(args: argparse.Namespace, z: Zpay) -> Any:
 # payments
 
 def _payments_create(args: argparse.Namespace, z: Zpay) -> Any:
-    from zpay.client import console
+    from zpay.client import PaymentFailed, console
 
-    with console.progress(f"paying {args.amount} to {args.recipient}; waiting for the chain"):
-        payment = z.payments.create(args.session_key_id, args.amount, args.recipient,
-                                    description=args.description,
-                                    idempotency_key=args.idempotency_key)
-        if payment.status == "submitted" and not args.no_wait:
-            payment = z.payments.wait(payment.id, timeout_s=args.timeout)
+    try:
+        with console.progress(f"paying {args.amount} to {args.recipient}; waiting for the "
+                              "chain"):
+            payment = z.payments.create(args.session_key_id, args.amount, args.recipient,
+                                        description=args.description,
+                                        idempotency_key=args.idempotency_key)
+            if payment.status == "submitted" and not args.no_wait:
+                payment = z.payments.wait(payment.id, timeout_s=args.timeout)
+    except PaymentFailed as failed:  # 402 with the payment inside: it ended `failed`
+        payment = failed.payment
     if payment.status == "failed":
         console.show(payment, as_json=args.json)
         sys.stderr.write(f"error: the payment failed on chain ({payment.failure_code}); "
@@ -476,6 +510,31 @@ def _faucet(args: argparse.Namespace, z: Zpay) -> Any:
 
     with console.progress(f"minting {args.amount} {args.token} to {args.wallet}"):
         return z.faucet.drip(args.wallet, args.amount, chain=args.chain, token=args.token)
+
+
+def _x402_get(args: argparse.Namespace, z: Zpay) -> Any:
+    """Fetch URL; a 402 is paid from the session key through zpay (within --max-amount).
+    The resource's body goes to stdout, the payment to stderr."""
+    import json as json_
+
+    from zpay.client.x402 import fetch_with_payment
+
+    headers = dict(h.split(":", 1) for h in args.header or [])
+    result = fetch_with_payment(z, args.resource_url, session_key_id=args.session_key,
+                                max_amount=args.max_amount, method=args.method,
+                                headers={k.strip(): v.strip() for k, v in headers.items()})
+    payment = result.payment
+    if payment is not None:
+        summary = {"payment_id": payment.id, "status": payment.status,
+                   "amount": str(payment.amount), "pay_to": payment.pay_to,
+                   "network": payment.network, "tx_id": payment.settlement_tx}
+        sys.stderr.write(json_.dumps(summary) + "\n" if args.json else
+                         f"paid {payment.amount} to {payment.pay_to} ({payment.status}, "
+                         f"payment {payment.id})\n")
+    sys.stdout.write(result.response.text)
+    if not result.response.text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0 if result.response.status_code < 400 else 1
 
 
 def _page(args: argparse.Namespace) -> int:
@@ -629,11 +688,24 @@ def _add_api_commands(sub: Any) -> None:
     p.add_argument("--type")
     p.add_argument("--object-id")
 
+    from zpay.cli_keys import add_api_key_commands
+
+    add_api_key_commands(c)
+
     p = c.add(sub, "faucet", _faucet, "test tokens for a wallet (local networks only)")
     p.add_argument("--wallet", required=True)
     p.add_argument("--amount", required=True)
     p.add_argument("--chain")
     p.add_argument("--token", default="USDC")
+
+    x4 = c.group("x402", "pay x402-protected resources from a session key")
+    p = c.add(x4, "get", _x402_get, "fetch a URL, paying its 402 through zpay")
+    p.add_argument("resource_url", metavar="URL")
+    p.add_argument("--session-key", required=True, help="the session key to pay from")
+    p.add_argument("--max-amount", required=True,
+                   help="the most this request may pay, in token units (e.g. 0.05)")
+    p.add_argument("--method", default="GET")
+    p.add_argument("--header", action="append", help="'Name: value', repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -651,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--no-scheduler", action="store_true",
                        help="run jobs in a separate `zpay worker` instead")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port (PostgreSQL and chains "
+                            "reached over RPC only)")
     serve.set_defaults(func=_serve)
     sub.add_parser("worker", help="run the scheduled jobs (expiry, webhooks, reconciliation, "
                    "refunds) until SIGTERM/SIGINT").set_defaults(func=_worker)
@@ -664,6 +739,12 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--environment", default="test", choices=["test", "live"])
     mc.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     mc.set_defaults(func=_merchants_create)
+    from zpay.cli_dashboard import add_parser as add_dashboard_user
+
+    add_dashboard_user(merchants)
+    from zpay.cli_keys import add_keys_parser
+
+    add_keys_parser(sub)
     audit = sub.add_parser(
         "audit", help="compare every session wallet's books with the chain, once; exit 1 "
         "on a difference, 2 if some chain could not be read")
@@ -678,6 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", help="keep the demo's database and chain state here "
                       "(default: a temporary directory, removed afterwards)")
     demo.set_defaults(func=_demo)
+    sub.add_parser("mcp", help="serve the agent's MCP tools over stdio (env ZPAY_URL, "
+                   "ZPAY_AGENT_TOKEN), for a desktop MCP client").set_defaults(func=_mcp)
     _add_api_commands(sub)
     return parser
 
@@ -687,9 +770,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, Settings.from_env()))
     except Exception as exc:  # the message, not a traceback, for operators
+        from zpay.custody import CustodyError
+        from zpay.services.bootstrap import StartupRefused
         from zpay.store.database import NotMigrated
 
-        if isinstance(exc, NotMigrated):
+        if isinstance(exc, NotMigrated | StartupRefused | CustodyError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -61,6 +61,11 @@ class Custody:
         self._keys = dict(master_keys)
         self.current_version = current_version
 
+    @property
+    def versions(self) -> frozenset[int]:
+        """Every master key version this custody can unwrap (current and previous)."""
+        return frozenset(self._keys)
+
     def seal(self, wallet_id: str, secret: bytes) -> SealedSecret:
         data_key = AESGCM.generate_key(bit_length=256)
         version = self.current_version
@@ -129,5 +134,15 @@ def custody_from_settings(
     keys = {version: _decode_key(master_key)}
     for item in filter(None, (p.strip() for p in previous.split(","))):
         ver, _, text = item.partition(":")
+        if not ver.strip().isdigit():
+            raise CustodyError("ZPAY_PREVIOUS_MASTER_KEYS must be version:base64 entries "
+                               "separated by commas")
+        if int(ver) == version:
+            raise CustodyError(
+                f"ZPAY_PREVIOUS_MASTER_KEYS has an entry for version {version}, which is "
+                f"ZPAY_MASTER_KEY_VERSION: it would replace the current master key; remove "
+                f"that entry, or give the new key a higher ZPAY_MASTER_KEY_VERSION")
+        if int(ver) in keys:
+            raise CustodyError(f"ZPAY_PREVIOUS_MASTER_KEYS names version {int(ver)} twice")
         keys[int(ver)] = _decode_key(text)
     return Custody(keys, version)

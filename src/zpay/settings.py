@@ -51,6 +51,7 @@ class Settings:
     audit_interval_s: float = 60.0  # the audit reads balances from the chain: not every tick
     webhooks_allow_private: bool = False
     webhook_timeout_s: float = 10.0
+    mcp_allow_private_urls: bool = False  # /mcp pay_x402 may fetch loopback/private URLs
     confirm_timeout_s: float = 30.0
     solana_commitment: str = "confirmed"
     solana_fee_payer_key: str = field(default="", repr=False)  # base58 64-byte keypair
@@ -58,6 +59,18 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     log_level: str = "INFO"
     db_pool_size: int = 20
+    dashboard_session_ttl_s: int = 8 * 3600  # a dashboard sign-in lasts this long
+    log_format: str = "text"  # text | json (one JSON object per line)
+    # Rate limits (fixed windows). Store: memory (one process), database (shared by every
+    # replica: a counter row per window), auto (database on PostgreSQL, memory on SQLite).
+    rate_limit_enabled: bool = True
+    rate_limit_store: str = "auto"
+    rate_limit_window_s: int = 60
+    rate_limit_per_token: int = 1200  # requests per window per bearer token
+    rate_limit_per_address: int = 2400  # requests per window per client address
+    # refused payment attempts (4xx to POST /v1/payments) per token, in their own window
+    rate_limit_refusals: int = 30
+    rate_limit_refusals_window_s: int = 600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -86,6 +99,7 @@ class Settings:
             audit_interval_s=float(get("AUDIT_INTERVAL_S", "60")),
             webhooks_allow_private=_bool(get("WEBHOOKS_ALLOW_PRIVATE", "0")),
             webhook_timeout_s=float(get("WEBHOOK_TIMEOUT_S", "10")),
+            mcp_allow_private_urls=_bool(get("MCP_ALLOW_PRIVATE_URLS", "0")),
             confirm_timeout_s=float(get("CONFIRM_TIMEOUT_S", "30")),
             solana_commitment=get("SOLANA_COMMITMENT", "confirmed"),
             solana_fee_payer_key=get("SOLANA_FEE_PAYER_KEY", ""),
@@ -93,6 +107,15 @@ class Settings:
             idempotency_ttl_s=int(get("IDEMPOTENCY_TTL_S", str(24 * 3600))),
             log_level=get("LOG_LEVEL", "INFO"),
             db_pool_size=int(get("DB_POOL_SIZE", "20")),
+            dashboard_session_ttl_s=int(get("DASHBOARD_SESSION_TTL_S", str(8 * 3600))),
+            log_format=get("LOG_FORMAT", "text").strip().lower(),
+            rate_limit_enabled=_bool(get("RATE_LIMIT_ENABLED", "1")),
+            rate_limit_store=get("RATE_LIMIT_STORE", "auto").strip().lower(),
+            rate_limit_window_s=int(get("RATE_LIMIT_WINDOW_S", "60")),
+            rate_limit_per_token=int(get("RATE_LIMIT_PER_TOKEN", "1200")),
+            rate_limit_per_address=int(get("RATE_LIMIT_PER_ADDRESS", "2400")),
+            rate_limit_refusals=int(get("RATE_LIMIT_REFUSALS", "30")),
+            rate_limit_refusals_window_s=int(get("RATE_LIMIT_REFUSALS_WINDOW_S", "600")),
         )
 
     @property

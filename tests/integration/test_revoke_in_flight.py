@@ -1,5 +1,7 @@
-"""Revocation is immediate: a payment authorized but not yet sent when its key is revoked
-fails, its hold is released, `payment.failed` is emitted, and nothing moves on chain."""
+"""Revocation is immediate: a payment whose key is revoked while its transfer is being
+signed (signing comes before the authorization's lock) is refused under the lock, its
+signed transfer dropped, and nothing moves on chain; one already recorded and sent is
+settled from the chain."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ async def test_revoked_between_authorize_and_submit(ctx: AppContext, served: str
         real_prepare = adapter.prepare_transfer
 
         async def prepare_while_the_merchant_revokes(**kwargs: Any) -> Any:
-            # The merchant's revoke lands after authorization, before the transfer is sent.
+            # The merchant's revoke lands while the transfer is being signed.
             await session_keys.revoke(ctx, merchant, key["id"])
             return await real_prepare(**kwargs)
 
@@ -33,17 +35,18 @@ async def test_revoked_between_authorize_and_submit(ctx: AppContext, served: str
             resp = await api.as_(agent["token"]).pay(key["id"], "3", to)
         finally:
             adapter.prepare_transfer = real_prepare
-        body = resp.json()
-        assert (resp.status_code, body["status"], body["failure_code"]) == (
-            201, "failed", "session_key_revoked")
+        # Refused (never a 2xx): 402 problem+json with the refusal's code; no payment.
+        problem = resp.json()
+        assert (resp.status_code, problem["code"]) == (402, "session_key_revoked")
+        assert resp.headers["content-type"].startswith("application/problem+json")
         status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
         assert (status["held_amount"], status["spent_amount"]) == ("0.000000", "0.000000")
         token = adapter.token("USDC")
         assert await adapter.balance(to, token) == 0
         assert await adapter.balance(key["session_key_address"], token) == 10 * 10**6
-        events = await api.ok("GET", "/v1/events", type="payment.failed")
-        assert [e["object_id"] for e in events["data"]] == [body["id"]]
-        assert events["data"][0]["data"]["failure_code"] == "session_key_revoked"
+        assert (await api.ok("GET", "/v1/payments"))["data"] == []
+        attempts = await api.ok("GET", f"/v1/session-keys/{key['id']}/attempts")
+        assert [a["reason"] for a in attempts["data"]] == ["session_key_revoked"]
 
 
 async def test_unexpected_error_after_authorization_never_pays_twice(

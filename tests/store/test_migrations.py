@@ -10,7 +10,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from zpay.store import (
     audit_models,  # noqa: F401 - its table is part of the metadata
+    dashboard_models,  # noqa: F401 - its tables are part of the metadata
+    rate_limit_models,  # noqa: F401 - its table is part of the metadata
     relayer_models,  # noqa: F401 - its tables are part of the metadata
+    user_models,  # noqa: F401 - its tables are part of the metadata
+    x402_models,  # noqa: F401 - its table is part of the metadata
 )
 from zpay.store.migrate import head_revision
 from zpay.store.models import Base

@@ -9,14 +9,19 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from zpay.api import controllers
+from zpay.api.api_keys import ApiKeyController
 from zpay.api.audit import AuditController
 from zpay.api.deps import provide_ctx, provide_page, provide_principal
+from zpay.api.edge import MAX_BODY_BYTES, edge_guard
 from zpay.api.errors import handle_exception
 from zpay.api.events import EventController
+from zpay.api.observability import RequestObserver, metrics_endpoint, ready
+from zpay.api.openapi import openapi_config
+from zpay.api.ratelimit import RateLimiter
 from zpay.api.webhooks import WebhookController
+from zpay.api.x402 import X402Controller
 from zpay.services.context import AppContext
 from zpay.settings import Settings
 from zpay.web import template_config, web_handlers
@@ -28,7 +33,7 @@ async def build_context(settings: Settings) -> AppContext:
     from zpay.chains.factory import build_adapter
     from zpay.chains.registry import get_network
     from zpay.custody import custody_from_settings
-    from zpay.services.bootstrap import pair_local_chain
+    from zpay.services.bootstrap import pair_local_chain, startup_refusal
     from zpay.services.context import ChainSet
     from zpay.store.database import Database
     from zpay.store.relayer_journal import DbRelayerJournal
@@ -47,8 +52,11 @@ async def build_context(settings: Settings) -> AppContext:
         for adapter in chains.adapters.values():
             await pair_local_chain(ctx, adapter)
         return ctx
-    except BaseException:
+    except BaseException as exc:
         await db.dispose()
+        refusal = startup_refusal(exc, settings.data_dir, db.safe_url)
+        if refusal is not None:
+            raise refusal from exc
         raise
 
 
@@ -77,16 +85,28 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         controllers.AgentController, controllers.SessionController,
         controllers.SessionKeyController, controllers.PaymentController,
         controllers.FaucetController, EventController, WebhookController, AuditController,
+        X402Controller,
         controllers.health, *web_handlers(),
     ]
-    return Litestar(
+    from zpay.mcp.http import McpEndpoint  # the MCP tools at /mcp, as the calling agent
+
+    mcp = McpEndpoint(settings)
+    handlers.append(mcp.route_handler())
+    handlers += [metrics_endpoint, ready, ApiKeyController]  # ops; merchant keys
+    app = Litestar(
         route_handlers=handlers,
         dependencies={"ctx": Provide(provide_ctx), "principal": Provide(provide_principal),
                       "page": Provide(provide_page)},
         exception_handlers={Exception: handle_exception},
+        guards=[edge_guard],  # authentication and input hygiene before any parsing
+        request_max_body_size=MAX_BODY_BYTES,
         template_config=template_config(),
-        lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="zpay", version="0.1.0", path="/schema"),
+        lifespan=[lifespan, mcp.lifespan],  # then the MCP session manager, inside it
+        openapi_config=openapi_config("0.1.0"),  # completed, docs without CDN (api/openapi)
         debug=False,
         logging_config=None,
     )
+    # Outside routing: every request gets an id, a log line and its metrics (unmatched
+    # routes too), and is rate limited before anything else reads it.
+    app.asgi_handler = RequestObserver(RateLimiter(app.asgi_handler, settings))
+    return app

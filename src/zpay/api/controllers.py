@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from litestar import Controller, Response, delete, get, post
 from litestar.params import HeaderParameter
 
-from zpay.api.errors import PROBLEM, problem_for
+from zpay.api.errors import PROBLEM, failed_payment_problem, problem_for
 from zpay.api.schemas import (
     AgentCreate,
+    AgentTokenRotate,
     ApprovalSubmit,
     FaucetRequest,
     LinkRequest,
@@ -37,7 +38,7 @@ class AgentController(Controller):
 
     @post()
     async def create(self, data: AgentCreate, ctx: AppContext, principal: Principal) -> Json:
-        return await agents.create_agent(ctx, principal, data.name)
+        return await agents.create_agent(ctx, principal, data.name, data.expires_in_seconds)
 
     @get()
     async def list_(self, ctx: AppContext, principal: Principal, page: Page) -> Json:
@@ -48,8 +49,10 @@ class AgentController(Controller):
         return await agents.get_agent(ctx, principal, agent_id)
 
     @post("/{agent_id:str}/rotate-token", status_code=200)
-    async def rotate(self, agent_id: str, ctx: AppContext, principal: Principal) -> Json:
-        return await agents.rotate_token(ctx, principal, agent_id)
+    async def rotate(self, agent_id: str, ctx: AppContext, principal: Principal,
+                     data: AgentTokenRotate | None = None) -> Json:
+        return await agents.rotate_token(ctx, principal, agent_id,
+                                         data.expires_in_seconds if data else None)
 
     @post("/{agent_id:str}/freeze", status_code=200)
     async def freeze(self, agent_id: str, ctx: AppContext, principal: Principal) -> Json:
@@ -169,6 +172,8 @@ class PaymentController(Controller):
         if outcome.error is not None:
             status, body = problem_for(outcome.error)
             return _json(status, body, replayed=outcome.replayed)
+        if outcome.body.get("status") == "failed":  # never a 2xx for money that did not move
+            return _json(*failed_payment_problem(outcome.body), replayed=outcome.replayed)
         return _json(outcome.status_code, outcome.body, replayed=outcome.replayed)
 
     @get()

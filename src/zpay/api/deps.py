@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request
 
+from zpay.api.edge import principal_of
 from zpay.services.auth import Principal, authenticate
 from zpay.services.context import AppContext
 from zpay.services.pagination import Page
@@ -21,7 +22,10 @@ async def provide_ctx(request: Request[Any, Any, Any]) -> AppContext:
 
 
 async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    return await authenticate(context_of(request), request.headers.get("authorization"))
+    # Authenticated by the edge guard before anything was parsed; the fallback serves a
+    # handler mounted without that guard.
+    return principal_of(request) or await authenticate(context_of(request),
+                                                       request.headers.get("authorization"))
 
 
 async def provide_page(limit: int = 20, starting_after: str | None = None) -> Page:

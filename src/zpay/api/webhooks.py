@@ -8,6 +8,7 @@ import msgspec
 from litestar import Controller, Router, delete, get, patch, post
 
 from zpay.api.schemas import Body
+from zpay.services import fields as f
 from zpay.services import webhooks
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
@@ -17,17 +18,17 @@ Json = dict[str, Any]
 
 
 class EndpointCreate(Body):
-    url: str
-    description: str | None = None
-    event_types: list[str] | None = None
+    url: f.Url
+    description: f.Description | None = None
+    event_types: f.EventTypes | None = None
     enabled: bool = True
 
 
 class EndpointUpdate(Body):
     # UNSET tells "not sent" (unchanged) from null (cleared: every event type).
-    url: str | msgspec.UnsetType = msgspec.UNSET
-    description: str | msgspec.UnsetType | None = msgspec.UNSET
-    event_types: list[str] | msgspec.UnsetType | None = msgspec.UNSET
+    url: f.Url | msgspec.UnsetType = msgspec.UNSET
+    description: f.Description | msgspec.UnsetType | None = msgspec.UNSET
+    event_types: f.EventTypes | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
     def changes(self) -> Json:

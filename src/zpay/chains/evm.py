@@ -24,7 +24,7 @@ from typing import Any
 
 from web3 import AsyncWeb3
 
-from zpay.chains import evm_approvals, evm_refs, evm_status, evm_tx
+from zpay.chains import evm_approvals, evm_refs, evm_status, evm_tx, evm_x402
 from zpay.chains.anvil import AnvilProcess
 from zpay.chains.evm_approvals import (
     FORMAT_EIP712,
@@ -63,6 +63,8 @@ from zpay.chains.protocol import (
     TransferFailed,
     TransferState,
     TransferStatus,
+    X402Exact,
+    X402Signed,
 )
 from zpay.chains.registry import NetworkSpec
 from zpay.chains.relayer_journal import InMemoryRelayerJournal, OutstandingTx, RelayerJournal
@@ -318,6 +320,11 @@ class EvmAdapter:
             raise InvalidAddress("the zero address cannot hold or receive funds")
         return canonical
 
+    def reserved_recipients(self, session_wallet: str, token: TokenInfo) -> frozenset[str]:
+        return frozenset(evm_tx.checksum(a) for a in (
+            session_wallet, evm_tx.ZERO_ADDRESS, self._relayer.address,
+            *([token.address] if token.address else [])))
+
     def generate_wallet(self) -> GeneratedWallet:
         secret = evm_tx.new_private_key()
         return GeneratedWallet(address=evm_tx.address_of(secret), secret=secret)
@@ -418,6 +425,35 @@ class EvmAdapter:
             token,
             amount_base_units,
             evm_tx.payment_nonce(reference_seed),
+        )
+
+    async def sign_x402_exact(
+        self,
+        *,
+        secret: bytes,
+        source: str,
+        token: TokenInfo,
+        exact: X402Exact,
+        reference_seed: str,
+    ) -> X402Signed:
+        """x402 `exact`: an EIP-3009 authorization the facilitator submits (evm_x402)."""
+        token = self._book.own(token)
+        source = self.validate_address(source)
+        if not evm_tx.same_address(evm_tx.address_of(secret), source):
+            raise ChainError("the secret does not belong to the source wallet")
+        return evm_x402.sign_exact(
+            secret,
+            domain=self._book.domain(token),
+            source=source,
+            exact=X402Exact(
+                pay_to=self.validate_address(exact.pay_to),
+                asset=exact.asset,
+                amount_base_units=exact.amount_base_units,
+                validity_s=exact.validity_s,
+                extra=exact.extra,
+            ),
+            now_s=await self.node.chain_now_s(),
+            reference_seed=reference_seed,
         )
 
     async def submit_transfer(self, prepared: PreparedTransfer) -> None:

@@ -62,7 +62,16 @@ class TransferFailed(ChainError):
 
 
 class ChainUnavailable(ChainError):
+    """The node could not be reached, refused the call or answered unreadably: every one is
+    counted (`zpay_chain_rpc_errors_total{kind}`), wherever it is caught."""
+
     code = "chain_unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        from zpay.metrics import process_metrics  # a leaf module: no import cycle
+
+        process_metrics().chain_rpc_error(type(self).__name__)
 
 
 class ConfirmationTimeout(ChainError):
@@ -148,6 +157,27 @@ class PreparedTransfer:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class X402Exact:
+    """An x402 `exact` requirement as the chain needs it (amount in base units)."""
+
+    pay_to: str
+    asset: str
+    amount_base_units: int
+    validity_s: int  # how long the signed payment may land (from maxTimeoutSeconds)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # the entry's `extra`
+
+
+@dataclass(frozen=True)
+class X402Signed:
+    """What the session wallet signed for an x402 `exact` payment: the scheme's `payload`
+    object for the payment header, and how zpay follows it on chain. The resource
+    server's facilitator submits it; zpay never sends `prepared`."""
+
+    payload: Mapping[str, Any]
+    prepared: PreparedTransfer
+
+
 @runtime_checkable
 class ChainAdapter(Protocol):
     network: NetworkInfo
@@ -158,6 +188,13 @@ class ChainAdapter(Protocol):
 
     def validate_address(self, address: str) -> str:
         """Canonical form of `address` or InvalidAddress."""
+        ...
+
+    def reserved_recipients(self, session_wallet: str, token: TokenInfo) -> frozenset[str]:
+        """Canonical addresses a payment from `session_wallet` in `token` must never go to:
+        the wallet itself and what the chain or zpay's own plumbing uses around it (Solana:
+        its token account, the mint, the fee payer, the programs; EVM: the token contract,
+        the relayer)."""
         ...
 
     def generate_wallet(self) -> GeneratedWallet: ...
@@ -226,6 +263,15 @@ class ChainAdapter(Protocol):
         ...
 
     async def submit_transfer(self, prepared: PreparedTransfer) -> None: ...
+
+    async def sign_x402_exact(
+        self, *, secret: bytes, source: str, token: TokenInfo, exact: X402Exact,
+        reference_seed: str,
+    ) -> X402Signed:
+        """Sign an x402 `exact` payment from the session wallet (the facilitator pays the
+        fees). `reference_seed` is the payment's identity. Raises ChainError (e.g.
+        `x402_domain_mismatch`) when the requirement is not one zpay can sign safely."""
+        ...
 
     async def transfer_status(
         self, reference: str, *, valid_until: int | None = None

@@ -49,6 +49,14 @@ class NetworkSpec:
             return f"eip155:{self.info.chain_id}"
         return str(self.raw.get("wallet_chain") or f"{self.info.family}:{self.info.name}")
 
+    @property
+    def x402_networks(self) -> tuple[str, ...]:
+        """How x402 names this network: its CAIP-2 id (v2) first, then its v1 name(s)."""
+        caip2 = (f"eip155:{self.info.chain_id}" if self.info.chain_id is not None
+                 else str(self.raw.get("x402_network") or ""))
+        v1 = self.raw.get("x402_v1_networks") or []
+        return tuple(n for n in (caip2, *(str(x) for x in v1)) if n)
+
     def explorer_url(self, tx_id: str | None) -> str | None:
         """The transaction on the network's public explorer; None without one (local)."""
         template = str(self.raw.get("explorer_tx") or "")

@@ -52,6 +52,7 @@ from solders.transaction_status import (
 )
 
 from zpay.chains import solana_tx as stx
+from zpay.chains import solana_x402
 from zpay.chains.protocol import (
     ApprovalExpired,
     ApprovalMismatch,
@@ -71,6 +72,8 @@ from zpay.chains.protocol import (
     TransferFailed,
     TransferState,
     TransferStatus,
+    X402Exact,
+    X402Signed,
 )
 from zpay.chains.solana_tx import Refusal
 
@@ -510,6 +513,12 @@ class SolanaAdapter:
     def validate_address(self, address: str) -> str:
         return str(stx.parse_pubkey(address))
 
+    def reserved_recipients(self, session_wallet: str, token: TokenInfo) -> frozenset[str]:
+        owner, mint = stx.parse_pubkey(session_wallet), stx.parse_pubkey(token.address)
+        return frozenset(str(k) for k in (
+            owner, stx.associated_token_address(owner, mint), mint, self._fee_payer.pubkey(),
+            *stx.RESERVED_PROGRAMS))
+
     def generate_wallet(self) -> GeneratedWallet:
         keypair = Keypair()
         return GeneratedWallet(address=str(keypair.pubkey()), secret=bytes(keypair))
@@ -765,6 +774,48 @@ class SolanaAdapter:
                 "memo": stx.payment_memo(reference_seed),
             },
         )
+
+    async def sign_x402_exact(
+        self,
+        *,
+        secret: bytes,
+        source: str,
+        token: TokenInfo,
+        exact: X402Exact,
+        reference_seed: str,
+    ) -> X402Signed:
+        """x402 `exact` (solana_x402): partially signed, the facilitator's `extra.feePayer`
+        pays the fee. Followed by the session wallet's signature, which only the embedded
+        network answers for yet (an RPC node finds a transaction by its first signature,
+        the facilitator's): elsewhere FlowNotSupported."""
+        if self.local_chain is None:
+            raise FlowNotSupported("x402 payments on Solana are supported on solana-local only")
+        owner = stx.keypair_from_secret(secret, expected_address=source)
+        mint = _mint_of(token)
+        if exact.asset != str(mint):
+            raise ChainError("the requirement's asset is not the session key's token",
+                             code="x402_domain_mismatch")
+        fee_payer_text = exact.extra.get("feePayer")
+        if not isinstance(fee_payer_text, str):
+            raise solana_x402.X402FeePayerInvalid("extra.feePayer is required on Solana")
+        fee_payer = stx.parse_pubkey(fee_payer_text)
+        if fee_payer == self._fee_payer.pubkey():
+            raise solana_x402.X402FeePayerInvalid("extra.feePayer is zpay's own fee payer")
+        recent = await self._backend.latest_blockhash()
+        signed = solana_x402.build_exact(
+            owner=owner, fee_payer=fee_payer, pay_to=stx.parse_pubkey(exact.pay_to), mint=mint,
+            decimals=token.decimals, amount_base_units=exact.amount_base_units,
+            memo=solana_x402.x402_memo(reference_seed, exact.extra.get("memo")),
+            recent_blockhash=recent.blockhash)
+        reference = str(signed.session_signature)
+        self._remember(reference, recent.blockhash)
+        return X402Signed(
+            payload={"transaction": stx.b64encode(signed.wire)},
+            prepared=PreparedTransfer(
+                reference=reference, payload=signed.wire,
+                valid_until=recent.last_valid_block_height,
+                extra={"recent_blockhash": str(recent.blockhash), "fee_payer": str(fee_payer),
+                       "last_valid_block_height": recent.last_valid_block_height}))
 
     async def submit_transfer(self, prepared: PreparedTransfer) -> None:
         try:

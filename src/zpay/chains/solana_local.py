@@ -90,6 +90,9 @@ class LocalChain:
         self._svm = LiteSVM()
         self._fsync = fsync
         self._signatures: dict[Signature, str | None] = {}  # None = succeeded
+        # A later signature of a transaction -> its id (the first), for display only: after
+        # a restart the signature itself stands in (the outcome is in `_signatures`).
+        self._tx_ids: dict[Signature, Signature] = {}
         self._height = 0
         self._mints: dict[str, tuple[Pubkey, int]] = {}
         self._known: set[Pubkey] = set()  # accounts the ledger holds (to snapshot them)
@@ -165,9 +168,10 @@ class LocalChain:
             if signature not in self._signatures:
                 return TransferStatus(TransferState.UNKNOWN, str(signature))
             error = self._signatures[signature]
+            tx_id = str(self._tx_ids.get(signature, signature))
         if error is None:
-            return TransferStatus(TransferState.CONFIRMED, str(signature))
-        return TransferStatus(TransferState.FAILED, str(signature), error)
+            return TransferStatus(TransferState.CONFIRMED, tx_id)
+        return TransferStatus(TransferState.FAILED, tx_id, error)
 
     def get_account(self, pubkey: Pubkey) -> Account | None:
         with self._locked():
@@ -232,6 +236,14 @@ class LocalChain:
         )
         self._signatures[signature] = error
         self._persist(_writable_keys(transaction.message), signature, error)
+        # Found by any of its signatures, as its first one: an x402 payment is signed by
+        # the session wallet second (a facilitator pays the fee and signs first), and zpay
+        # knows only its own signature.
+        for other in transaction.signatures[1:]:
+            if other not in self._signatures:
+                self._signatures[other] = error
+                self._tx_ids[other] = signature
+                self._persist([], other, error)
 
     def _persist(
         self, keys: list[Pubkey], signature: Signature | None = None, error: str | None = None

@@ -28,6 +28,7 @@ from solders.keypair import Keypair
 from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.signature import Signature
+from solders.system_program import ID as SYSTEM_PROGRAM_ID
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import Transaction
 from solders.transaction_status import (
@@ -38,7 +39,12 @@ from solders.transaction_status import (
     TransactionErrorInsufficientFundsForRent,
     TransactionErrorType,
 )
-from spl.token.constants import ACCOUNT_LEN, MINT_LEN, TOKEN_PROGRAM_ID
+from spl.token.constants import (
+    ACCOUNT_LEN,
+    ASSOCIATED_TOKEN_PROGRAM_ID,
+    MINT_LEN,
+    TOKEN_PROGRAM_ID,
+)
 from spl.token.instructions import (
     close_account,
     create_idempotent_associated_token_account,
@@ -172,6 +178,11 @@ def check_amount(amount_base_units: int, *, max_base_units: int = U64_MAX) -> in
 
 def associated_token_address(owner: Pubkey, mint: Pubkey) -> Pubkey:
     return get_associated_token_address(owner, mint, TOKEN_PROGRAM_ID)
+
+
+# Programs a payment can never be meant for (tokens sent to them are lost).
+RESERVED_PROGRAMS: tuple[Pubkey, ...] = (SYSTEM_PROGRAM_ID, TOKEN_PROGRAM_ID,
+                                         ASSOCIATED_TOKEN_PROGRAM_ID)
 
 
 @dataclass(frozen=True)

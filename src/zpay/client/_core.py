@@ -22,6 +22,7 @@ from zpay.client.errors import APIConnectionError, ZpayError, error_for
 from zpay.client.types import (
     Affordability,
     Agent,
+    ApiKey,
     Approval,
     Event,
     FaucetDrip,
@@ -200,8 +201,9 @@ class Ops:
 
     # agents
     @staticmethod
-    def create_agent(name: str) -> Call[Agent]:
-        return post("/v1/agents", Agent.from_json, {"name": name})
+    def create_agent(name: str, expires_in_seconds: int | None = None) -> Call[Agent]:
+        return post("/v1/agents", Agent.from_json,
+                    _drop_none({"name": name, "expires_in_seconds": expires_in_seconds}))
 
     @staticmethod
     def get_agent(agent_id: str) -> Call[Agent]:
@@ -212,9 +214,33 @@ class Ops:
         return list_call("/v1/agents", Agent.from_json, limit)
 
     @staticmethod
-    def rotate_agent_token(agent_id: str) -> Call[Agent]:
+    def rotate_agent_token(agent_id: str, expires_in_seconds: int | None = None) -> Call[Agent]:
         # Not idempotent: a lost answer would leave a rotated token nobody has seen.
-        return post(f"/v1/agents/{_seg(agent_id)}/rotate-token", Agent.from_json)
+        return post(f"/v1/agents/{_seg(agent_id)}/rotate-token", Agent.from_json,
+                    _drop_none({"expires_in_seconds": expires_in_seconds}))
+
+    # merchant secret keys
+    @staticmethod
+    def create_api_key(name: str | None) -> Call[ApiKey]:
+        return post("/v1/api-keys", ApiKey.from_json, _drop_none({"name": name}))
+
+    @staticmethod
+    def get_api_key(key_id: str) -> Call[ApiKey]:
+        return get(f"/v1/api-keys/{_seg(key_id)}", ApiKey.from_json)
+
+    @staticmethod
+    def list_api_keys(limit: int | None) -> PageCall[ApiKey]:
+        return list_call("/v1/api-keys", ApiKey.from_json, limit)
+
+    @staticmethod
+    def revoke_api_key(key_id: str) -> Call[ApiKey]:
+        return post(f"/v1/api-keys/{_seg(key_id)}/revoke", ApiKey.from_json, idempotent=True)
+
+    @staticmethod
+    def roll_api_key(key_id: str, overlap_seconds: int | None) -> Call[ApiKey]:
+        # Not idempotent: a lost answer would leave a new key nobody has seen.
+        return post(f"/v1/api-keys/{_seg(key_id)}/roll", ApiKey.from_json,
+                    _drop_none({"overlap_seconds": overlap_seconds}))
 
     @staticmethod
     def freeze_agent(agent_id: str, frozen: bool) -> Call[Agent]:

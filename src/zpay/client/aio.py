@@ -34,6 +34,7 @@ from zpay.client.errors import Conflict, WaitTimeout
 from zpay.client.types import (
     Affordability,
     Agent,
+    ApiKey,
     Approval,
     Event,
     FaucetDrip,
@@ -93,9 +94,10 @@ class _Resource:
 
 
 class Agents(_Resource):
-    async def create(self, name: str) -> Agent:
-        """The agent and its token (in `.token`, shown once)."""
-        return await self._c._send(Ops.create_agent(name))
+    async def create(self, name: str, *, expires_in_seconds: int | None = None) -> Agent:
+        """The agent and its token (in `.token`, shown once); with `expires_in_seconds`
+        the token stops working after that long (60 s to a year)."""
+        return await self._c._send(Ops.create_agent(name, expires_in_seconds))
 
     async def get(self, agent_id: str) -> Agent:
         return await self._c._send(Ops.get_agent(agent_id))
@@ -103,9 +105,11 @@ class Agents(_Resource):
     def list(self, *, limit: int | None = None) -> AsyncPager[Agent]:
         return self._pager(Ops.list_agents(limit))
 
-    async def rotate_token(self, agent_id: str) -> Agent:
+    async def rotate_token(self, agent_id: str, *,
+                     expires_in_seconds: int | None = None) -> Agent:
         """A new token in `.token`; the old one stops working at once."""
-        return await self._c._send(Ops.rotate_agent_token(agent_id))
+        return await self._c._send(Ops.rotate_agent_token(agent_id, expires_in_seconds))
+
 
     async def freeze(self, agent_id: str) -> Agent:
         return await self._c._send(Ops.freeze_agent(agent_id, True))
@@ -120,6 +124,29 @@ class Agents(_Resource):
                              **limits: Unpack[SessionLimits]) -> PolicySession:
         """A policy session for this agent; same keywords as `sessions.create`."""
         return await self._c.sessions.create(agent_id, **limits)
+
+
+class ApiKeys(_Resource):
+    """The merchant's secret keys (needs a merchant key)."""
+
+    async def create(self, *, name: str | None = None) -> ApiKey:
+        """A new key; its secret is in `.secret`, shown once."""
+        return await self._c._send(Ops.create_api_key(name))
+
+    async def get(self, key_id: str) -> ApiKey:
+        return await self._c._send(Ops.get_api_key(key_id))
+
+    def list(self, *, limit: int | None = None) -> AsyncPager[ApiKey]:
+        return self._pager(Ops.list_api_keys(limit))
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        """Refused from the next call on. The last usable key cannot be revoked."""
+        return await self._c._send(Ops.revoke_api_key(key_id))
+
+    async def roll(self, key_id: str, *, overlap_seconds: int | None = None) -> ApiKey:
+        """A new key (`.secret`, shown once); the old one keeps working for
+        `overlap_seconds` (default a day, at most a week; 0: revoked now)."""
+        return await self._c._send(Ops.roll_api_key(key_id, overlap_seconds))
 
 
 class Sessions(_Resource):
@@ -235,7 +262,9 @@ class Payments(_Resource):
                      description: str | None = None, idempotency_key: str | None = None) -> Payment:
         """Pay from a session key. Without `idempotency_key` one is generated and reused by
         this call's retries, so a retry never pays twice. A refusal raises `PaymentRefused`
-        with the reason in `.code`."""
+        with the reason in `.code`; a payment that ended `failed` raises `PaymentFailed`
+        (a `PaymentRefused`) with its `failure_code` in `.code` and the payment in
+        `.payment`."""
         return await self._c._send(Ops.create_payment(session_key_id, amount, recipient,
                                                 description=description,
                                                 idempotency_key=idempotency_key))
@@ -330,6 +359,7 @@ class AsyncZpay:
 
     def _init_resources(self) -> None:
         self.agents = Agents(self)
+        self.api_keys = ApiKeys(self)
         self.sessions = Sessions(self)
         self.session_keys = SessionKeys(self)
         self.payments = Payments(self)

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from zpay.client.errors import APIConnectionError, ZpayError
 from zpay.client.types import (
     Agent,
+    ApiKey,
     Approval,
     Event,
     Payment,
@@ -39,6 +40,8 @@ COLUMNS: dict[type[Resource], tuple[tuple[str, str], ...]] = {
                  ("LINKED", "linked_session_id"), ("EXPIRES", "expires_at")),
     Agent: (("ID", "id"), ("NAME", "name"), ("STATUS", "status"), ("TOKEN", "token_hint"),
             ("CREATED", "created_at")),
+    ApiKey: (("ID", "id"), ("NAME", "name"), ("STATUS", "status"), ("KEY", "hint"),
+             ("CREATED", "created_at"), ("EXPIRES", "expires_at")),
     PolicySession: (("ID", "id"), ("STATUS", "status"), ("AGENT", "agent_id"),
                     ("PER_TX", "max_per_transaction"), ("PER_DAY", "max_per_day"),
                     ("TOTAL", "max_total"), ("EXPIRES", "expires_at")),
@@ -60,7 +63,8 @@ COLUMNS: dict[type[Resource], tuple[tuple[str, str], ...]] = {
 # Wallet payloads and nested detail: in --json output, too long for `key  value` lines.
 _BULKY = frozenset({"approval_transaction", "typed_data", "unsigned_transaction", "approval",
                     "security", "data", "windows", "attempts", "raw"})
-_SHOWN_ONCE = {Agent: "token", PolicySession: "access_token", WebhookEndpoint: "secret"}
+_SHOWN_ONCE = {Agent: "token", PolicySession: "access_token", WebhookEndpoint: "secret",
+               ApiKey: "secret"}
 
 
 def _cell(value: Any) -> str:

@@ -45,6 +45,16 @@ class PaymentRefused(ZpayError):
     (`per_transaction_limit`, `daily_limit`, `insufficient_session_balance`, …)."""
 
 
+class PaymentFailed(PaymentRefused):
+    """402 from `payments.create`: the payment was accepted but ended `failed` (nothing
+    moved; the hold was released). `code` is its `failure_code`; `payment` is the payment."""
+
+    def __init__(self, detail: str, *, payment: Any, code: str = "error",
+                 status: int | None = None, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail, code=code, status=status, body=body)
+        self.payment = payment  # zpay.client.types.Payment
+
+
 class PermissionDenied(ZpayError):
     """403: the credentials are valid but may not do this (e.g. an agent token creating limits)."""
 
@@ -77,5 +87,10 @@ def error_for(status: int, body: Any, fallback_text: str = "") -> ZpayError:
     code = str(problem.get("code") or f"http_{status}")
     detail = str(problem.get("detail") or problem.get("title") or fallback_text.strip()
                  or f"HTTP {status}")
+    if status == 402 and isinstance(problem.get("payment"), Mapping):
+        from zpay.client.types import Payment
+
+        return PaymentFailed(detail, payment=Payment.from_json(problem["payment"]), code=code,
+                             status=status, body=problem)
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ZpayError)
     return cls(detail, code=code, status=status, body=problem)

@@ -80,7 +80,22 @@ class Agent(Resource):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     token: str | None = None  # only on create and rotate_token: shown once
+    token_expires_at: datetime | None = None  # None: the token does not expire
     deleted: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey(Resource):
+    """A merchant secret key: `hint` only, `secret` once (on create and roll)."""
+
+    id: str
+    status: str  # active | expired | revoked
+    hint: str
+    name: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None  # set on the old key when rolled with an overlap
+    revoked_at: datetime | None = None
+    secret: str | None = None  # shown once
 
 
 @dataclass(frozen=True, kw_only=True)

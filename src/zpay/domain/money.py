@@ -39,6 +39,19 @@ def parse_amount(
     return base_units
 
 
+def canonical_amount(text: object) -> object:
+    """One spelling per value of a well-formed amount string ("0.020000" -> "0.02",
+    "5.0" -> "5"), so equal requests compare equal; anything else is returned as it is
+    (it is refused where it is parsed)."""
+    if not isinstance(text, str):
+        return text
+    match = _AMOUNT_RE.match(text)
+    if match is None:
+        return text
+    whole, frac = match.group(1), (match.group(2) or "").rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
+
+
 def format_amount(base_units: int, *, decimals: int) -> str:
     """Base units -> decimal string with exactly `decimals` fractional digits."""
     if not isinstance(base_units, int) or isinstance(base_units, bool):

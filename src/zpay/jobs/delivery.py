@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from zpay.metrics import process_metrics
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.views import endpoint_view, ts
@@ -174,6 +175,9 @@ def _apply(rng: random.Random, endpoint: WebhookEndpoint, delivery: WebhookDeliv
            outcome: _Outcome) -> WebhookAttempt:
     """One attempt's result on its delivery and endpoint rows; the attempt to log."""
     result = outcome.result
+    process_metrics().webhook_attempt(
+        result.ok, result.latency_ms,
+        (outcome.finished_at - delivery.created_at).total_seconds() if result.ok else None)
     number = delivery.attempt_count + 1
     delivery.attempt_count, delivery.last_status_code = number, result.status_code
     delivery.updated_at = outcome.finished_at

@@ -59,7 +59,11 @@ SETTLERS: dict[str, Settler] = {
     "payment": payments.settle,
     "approval": approvals.settle,
     "refund": refunds.settle,
+    # x402: signed by zpay, SENT by the resource server's facilitator; settled like a payment.
+    "x402": payments.settle,
 }
+# Kinds zpay never sends itself (so never re-sends): someone else submits them.
+NEVER_SENT = frozenset({"x402"})
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,9 @@ async def _claim(ctx: AppContext, now: datetime, batch: int) -> list[_Claimed]:
             row.updated_at = now
             live = key_status != KeyStatus.REVOKED and now < key_expires_at
             claimed.append(_Claimed(row.id, row.kind, row.chain, row.reference, row.payload,
-                                    row.valid_until, live or row.kind == "refund"))
+                                    row.valid_until,
+                                    (live or row.kind == "refund")
+                                    and row.kind not in NEVER_SENT))
         return claimed
 
 

@@ -15,6 +15,7 @@ import logging
 import random
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from zpay.jobs.delivery import deliver_due, dispatch_all
 from zpay.jobs.expiry import expire_due
 from zpay.jobs.reconcile import reconcile_payments
 from zpay.jobs.refunds import run_refunds
+from zpay.metrics import process_metrics
 from zpay.services.context import AppContext
 from zpay.services.idempotency import purge_expired
 from zpay.webhooks.sender import WebhookSender
@@ -94,12 +96,15 @@ class _Runner:
         task = asyncio.current_task()
         assert task is not None
         self.running.add(task)
+        started, ok = time.monotonic(), False
         try:
             await self.jobs()[name]()
+            ok = True
         except Exception:
             log.exception("job %s failed; it runs again next tick", name)
         finally:
             self.running.discard(task)
+            process_metrics().job_run(name, ok, time.monotonic() - started, time.time())
 
 
 class JobScheduler(AsyncIOScheduler):

@@ -25,10 +25,28 @@ class Principal:
     agent_id: str | None = None
     policy_session_id: str | None = None  # set when an `as_` session token is used
 
+    @property
+    def scope(self) -> str:
+        """Who acts, for what is theirs alone (Idempotency-Keys): a session token, an agent,
+        or the merchant acting as itself."""
+        if self.policy_session_id is not None:
+            return f"session:{self.policy_session_id}"
+        if self.agent_id is not None:
+            return f"agent:{self.agent_id}"
+        return "merchant"
+
     def require_merchant(self, action: str) -> None:
         if self.role is not Role.MERCHANT:
             raise Forbidden(f"an agent token cannot {action}; use the merchant's secret key",
                             code="merchant_key_required")
+
+
+def forget_credentials(token_hash: str) -> None:
+    """Called when a credential stops being valid before its natural end (an API key
+    revoked or rolled): whatever remembers authentications must drop this token hash, so
+    the next call with it is refused. Nothing is remembered today: every call reads the
+    database."""
+    del token_hash
 
 
 async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
@@ -48,6 +66,8 @@ async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
             key = (await s.execute(select(ApiKey).where(ApiKey.token_hash == digest))).scalar()
             if key is None or key.revoked_at is not None:
                 raise Unauthorized("unknown or revoked API key", code="invalid_credentials")
+            if key.expires_at is not None and ctx.now() >= key.expires_at:  # rolled
+                raise Unauthorized("this API key has expired", code="token_expired")
             return Principal(key.merchant_id, Role.MERCHANT)
         if kind == "agent":
             agent = (await s.execute(select(Agent).where(Agent.token_hash == digest))).scalar()
@@ -55,6 +75,9 @@ async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
                 raise Unauthorized("unknown agent token", code="invalid_credentials")
             if agent.status == "frozen":
                 raise Unauthorized("this agent is frozen", code="agent_frozen")
+            if agent.token_expires_at is not None and ctx.now() >= agent.token_expires_at:
+                raise Unauthorized("this agent token has expired; rotate it",
+                                   code="token_expired")
             return Principal(agent.merchant_id, Role.AGENT, agent_id=agent.id)
         policy = (
             await s.execute(select(PolicySession).where(PolicySession.token_hash == digest))

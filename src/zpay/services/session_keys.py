@@ -16,12 +16,14 @@ from zpay.domain.money import parse_amount
 from zpay.domain.policy import KeyState, authorize
 from zpay.domain.windows import Window
 from zpay.services import approval_links
+from zpay.services import fields as f
 from zpay.services.agents import load_agent
 from zpay.services.auth import Principal
 from zpay.services.chain_errors import as_zpay_error
 from zpay.services.context import AppContext
 from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
+from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
 from zpay.services.sessions import load_session, policy_state, resolve_expiry
 from zpay.services.tenancy import fetch_owned, visible
@@ -31,16 +33,16 @@ from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
 
 
 class SessionKeyRequest(Request):
-    agent_id: str
-    user_wallet: str
-    max_amount: str
-    chain: str | None = None
-    token: str = "USDC"
+    agent_id: f.Id
+    user_wallet: f.Address
+    max_amount: f.Amount
+    chain: f.ChainName | None = None
+    token: f.Symbol = "USDC"
     expires_at: datetime | None = None
     expires_in_seconds: int | None = None
-    session_id: str | None = None
+    session_id: f.Id | None = None
     refund_on_close: bool = True
-    approval_method: str | None = None
+    approval_method: f.Method | None = None
 
 
 def key_state(key: SessionKey) -> KeyState:
@@ -186,6 +188,9 @@ async def list_session_keys(ctx: AppContext, principal: Principal, page: Page,
         if agent_id is not None:
             stmt = stmt.where(SessionKey.agent_id == agent_id)
         if status is not None:
+            if status not in set(KeyStatus):
+                raise InvalidRequest(f"unknown status {status!r}", code="invalid_status",
+                                     known_statuses=[k.value for k in KeyStatus])
             stmt = stmt.where(SessionKey.status == status)
         rows = (await s.execute(page.apply(stmt, SessionKey.id))).scalars().all()
     return page_body(rows, page, session_key_view)
@@ -196,12 +201,18 @@ async def revoke(ctx: AppContext, principal: Principal, key_id: str) -> dict[str
     now = ctx.now()
     async with ctx.db.transaction() as s:
         key = await load_key(s, principal, key_id, lock=True)
-        key.status = transition(KeyStatus(key.status), KeyStatus.REVOKED).value
-        key.revoked_at = key.updated_at = now
-        if key.refund_on_close:
-            key.refund_status = "pending"
-        key_event(s, key, "session_key.revoked", now)
+        revoke_locked(s, key, now, revoked_by="merchant")
     return session_key_view(key)
+
+
+def revoke_locked(s: AsyncSession, key: SessionKey, now: datetime, *, revoked_by: str) -> None:
+    """Revoke `key` (locked by the caller) at once: no payment authorizes after this commit;
+    the refund job returns the remainder. `revoked_by`: "merchant" or "user"."""
+    key.status = transition(KeyStatus(key.status), KeyStatus.REVOKED).value
+    key.revoked_at = key.updated_at = now
+    if key.refund_on_close:
+        key.refund_status = "pending"
+    key_event(s, key, "session_key.revoked", now, revoked_by=revoked_by)
 
 
 async def link(ctx: AppContext, principal: Principal, key_id: str,
@@ -241,6 +252,8 @@ async def can_afford(ctx: AppContext, principal: Principal, key_id: str,
             row = await load_session(s, principal, key.policy_session_id)
             policy = await policy_state(s, row, now)
     target = adapter.validate_address(recipient) if recipient else None
+    if target is not None:
+        check_recipient(adapter, session_wallet=key.address, token=token, recipient=target)
     decision = authorize(value, key=key_state(key), policy=policy, recipient=target,
                          chain=key.chain, now=now)
     reason = decision.reason

@@ -8,6 +8,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.services.auth import Principal
+from zpay.store.models import PolicySession, SessionKey
 
 M = TypeVar("M")
 
@@ -18,15 +19,40 @@ async def fetch_owned(s: AsyncSession, model: type[M], row_id: str, principal: P
     merchant's id is indistinguishable from an unknown one."""
     table: Any = model
     stmt = select(model).where(table.id == row_id, table.merchant_id == principal.merchant_id,
-                               *where)
+                               *session_scope(table, principal), *where)
     if lock:
         stmt = stmt.with_for_update()
     return (await s.execute(stmt)).scalar()
 
 
 def visible(model: Any, principal: Principal) -> Select[Any]:
-    """SELECT of the rows `principal` may list: its merchant's, and an agent's own only."""
-    stmt = select(model).where(model.merchant_id == principal.merchant_id)
+    """SELECT of the rows `principal` may list: its merchant's, an agent's own only, and for
+    a policy-session token only what it can act on (see `session_scope`)."""
+    stmt = select(model).where(model.merchant_id == principal.merchant_id,
+                               *session_scope(model, principal))
     if principal.agent_id is not None:
         stmt = stmt.where(model.agent_id == principal.agent_id)
     return stmt
+
+
+def session_scope(model: Any, principal: Principal) -> tuple[Any, ...]:
+    """The extra conditions for a policy-session (`as_…`) token, which acts only through its
+    own session: that session itself, and the session keys linked to it (hence their
+    payments and attempts). Other models are not narrowed here (their services decide:
+    merchant-only resources refuse agent tokens outright)."""
+    session_id = principal.policy_session_id
+    if session_id is None:
+        return ()
+    if model is PolicySession:
+        return (PolicySession.id == session_id,)
+    if model is SessionKey:
+        return (SessionKey.policy_session_id == session_id,)
+    return ()
+
+
+def can_see_key(key: SessionKey, principal: Principal) -> bool:
+    """Whether `principal` may see (and so act on) this session key."""
+    return (key.merchant_id == principal.merchant_id
+            and (principal.agent_id is None or key.agent_id == principal.agent_id)
+            and (principal.policy_session_id is None
+                 or key.policy_session_id == principal.policy_session_id))

@@ -30,7 +30,8 @@ def amount(value: int | None, decimals: int) -> str | None:
 
 def agent_view(agent: Agent) -> dict[str, Any]:
     return {"id": agent.id, "object": "agent", "name": agent.name, "status": agent.status,
-            "token_hint": agent.token_hint, "created_at": ts(agent.created_at),
+            "token_hint": agent.token_hint, "token_expires_at": ts(agent.token_expires_at),
+            "created_at": ts(agent.created_at),
             "updated_at": ts(agent.updated_at)}
 
 

@@ -51,8 +51,10 @@ class ApiKey(Base):
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hint: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # set when rolled: the old key's overlap ends here
 
 
 class Agent(Base):
@@ -63,6 +65,7 @@ class Agent(Base):
     status: Mapped[str] = mapped_column(String(16))  # active | frozen | deleted
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_hint: Mapped[str] = mapped_column(String(40))
+    token_expires_at: Mapped[datetime | None]  # None: the token lives until rotated
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -87,6 +90,15 @@ class PolicySession(Base):
     window_mode: Mapped[str] = mapped_column(String(16))
     timezone: Mapped[str] = mapped_column(String(64))
     total_committed: Mapped[int] = mapped_column(BaseUnits())  # held + captured, all time
+    # The day/week/month windows as running totals (services.windows): `*_used` is what
+    # the counted payments created at or after `*_since` add up to, kept under this row's
+    # lock; the part of the history that has left a window is subtracted as it leaves.
+    day_since: Mapped[datetime]
+    day_used: Mapped[int] = mapped_column(BaseUnits())
+    week_since: Mapped[datetime]
+    week_used: Mapped[int] = mapped_column(BaseUnits())
+    month_since: Mapped[datetime]
+    month_used: Mapped[int] = mapped_column(BaseUnits())
     status: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime | None]
@@ -110,7 +122,7 @@ class SessionKey(Base):
     token_symbol: Mapped[str] = mapped_column(String(16))
     token_address: Mapped[str] = mapped_column(String(100))
     decimals: Mapped[int] = mapped_column(Integer)
-    user_wallet: Mapped[str] = mapped_column(String(100))
+    user_wallet: Mapped[str] = mapped_column(String(100), index=True)  # a user's keys
     address: Mapped[str] = mapped_column(String(100), unique=True)
     status: Mapped[str] = mapped_column(String(24), index=True)
     max_amount: Mapped[int] = mapped_column(BaseUnits())  # the first approval's amount
@@ -187,9 +199,13 @@ class Payment(Base):
 
 class IdempotencyRecord(Base):
     __tablename__ = "idempotency_records"
-    __table_args__ = (UniqueConstraint("merchant_id", "key", name="uq_idempotency_merchant_key"),)
+    __table_args__ = (UniqueConstraint("merchant_id", "principal", "key",
+                                       name="uq_idempotency_principal_key"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"))
+    # Whose key it is (services.auth.Principal.scope): an agent, a session token or the
+    # merchant itself — one principal never sees nor spoils another's keys.
+    principal: Mapped[str] = mapped_column(String(64))
     key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))  # completed (written with its outcome)
@@ -212,7 +228,7 @@ class ChainTransfer(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"))
     session_key_id: Mapped[str] = mapped_column(ForeignKey("session_keys.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # approval | payment | refund
+    kind: Mapped[str] = mapped_column(String(16))  # approval | payment | refund | x402
     subject_id: Mapped[str] = mapped_column(String(40), index=True)  # approval/payment/key id
     chain: Mapped[str] = mapped_column(String(40))
     reference: Mapped[str] = mapped_column(String(200), unique=True)
