@@ -3,12 +3,13 @@ in the browser with fake wallets, and the books compared with the chain."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Page, Route, expect
 
 from tests.support import Api, merchant_api
 from tests.web.fake_wallets import Wallet, install
@@ -67,6 +68,34 @@ async def approve(page: Page, wallet_name: str) -> None:
     await expect(page.get_by_test_id("approve")).to_be_enabled(timeout=TIMEOUT_MS)
     await page.get_by_test_id("approve").click()
     await expect(page.get_by_test_id("activated")).to_be_visible(timeout=TIMEOUT_MS)
+
+
+async def still_pending(api: Api, key: dict[str, Any]) -> None:
+    """Nothing was approved: the key still awaits the user's approval."""
+    status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
+    assert status["status"] == "pending_approval"
+
+
+async def change_transaction(context: BrowserContext,
+                             change: Callable[[dict[str, Any]], None]) -> None:
+    """A tampering server: each `/transaction` answer reaches the page altered by `change`."""
+
+    async def serve_changed(route: Route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        change(body)
+        await route.fulfill(response=response, json=body)
+
+    await context.route("**/approve/*/transaction", serve_changed)
+
+
+async def refused_to_sign(page: Page, reason: str) -> None:
+    """The page found the bytes differ from its words: it says so, and why, and offers
+    nothing to sign."""
+    check = page.get_by_test_id("mismatch")
+    await expect(check).to_contain_text("Do not sign", timeout=TIMEOUT_MS)
+    await expect(check).to_contain_text(reason)
+    assert await page.get_by_test_id("approve").count() == 0
 
 
 async def books_equal_chain(api: Api, ctx: AppContext, key_id: str,

@@ -11,8 +11,9 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
@@ -43,6 +44,20 @@ async def page_context(browser: Browser) -> AsyncIterator[BrowserContext]:
         yield context
     finally:
         await context.close()
+
+
+@pytest.fixture
+async def page(page_context: BrowserContext) -> Page:
+    return await page_context.new_page()
+
+
+@pytest.fixture
+async def http(served: str, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the served app; a test module that waits on a chain sets a longer
+    `HTTP_TIMEOUT_S`."""
+    timeout = getattr(request.module, "HTTP_TIMEOUT_S", 30)
+    async with httpx.AsyncClient(base_url=served, timeout=timeout) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

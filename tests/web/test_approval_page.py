@@ -22,10 +22,13 @@ from tests.web.approval_support import (
     TIMEOUT_MS,
     approve,
     books_equal_chain,
+    change_transaction,
     connect,
     local,
     open_page,
+    refused_to_sign,
     setup_key,
+    still_pending,
 )
 from tests.web.fake_wallets import FakeSolanaWallet, install
 from zpay.client.wallet import SolanaWallet
@@ -104,9 +107,7 @@ async def test_wrong_account_signs_nothing(ctx: AppContext, served: str,
             f"This approval is for the wallet {user.address}")
         await expect(page.get_by_test_id("approve")).to_be_hidden()
         assert other.calls == ["connect"]
-        status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-        assert status["status"] == "pending_approval"
-
+        await still_pending(api, key)
 
 
 # ------------------------------------------------------------------ the link
@@ -207,28 +208,21 @@ async def test_a_manipulated_transaction_is_never_offered_to_sign(
     async with httpx.AsyncClient(base_url=served, timeout=60) as http:
         api, _, key = await setup_key(ctx, http, wallet.address)
 
-        async def serve_manipulated(route: Route) -> None:
-            response = await route.fetch()
-            body = await response.json()
+        def manipulated(body: dict[str, Any]) -> None:
             raw = base64.b64decode(body["approval_transaction"])
             changed = _manipulate(raw, how, key)
             assert changed != raw
             body["approval_transaction"] = base64.b64encode(changed).decode()
-            await route.fulfill(response=response, json=body)
 
-        await page_context.route("**/approve/*/transaction", serve_manipulated)
+        await change_transaction(page_context, manipulated)
         page = await open_page(page_context, served, key["approval_url"], wallet)
-        check = page.get_by_test_id("mismatch")
-        await expect(check).to_contain_text("Do not sign", timeout=TIMEOUT_MS)
-        expected = {"amount": "moves 900.00 USDC, not the 25.00 USDC shown",
-                    "destination": "another account than the session wallet's",
-                    "fee_payer": "the network fee would not be paid by zpay"}[how]
-        await expect(check).to_contain_text(expected)
-        assert await page.get_by_test_id("approve").count() == 0
+        await refused_to_sign(page, {
+            "amount": "moves 900.00 USDC, not the 25.00 USDC shown",
+            "destination": "another account than the session wallet's",
+            "fee_payer": "the network fee would not be paid by zpay"}[how])
         assert await page.get_by_role("button", name="Connect Fake Phantom").count() == 0
         assert wallet.calls == []
-        status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-        assert status["status"] == "pending_approval"
+        await still_pending(api, key)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -270,8 +264,7 @@ async def test_rejected_in_the_wallet_then_approved(ctx: AppContext, served: str
         await page.get_by_test_id("approve").click()
         await expect(page.get_by_test_id("rejected")).to_contain_text(
             "You declined in your wallet. Nothing was signed")
-        status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-        assert status["status"] == "pending_approval"
+        await still_pending(api, key)
         wallet.reject = False
         await page.get_by_test_id("approve").click()
         await expect(page.get_by_test_id("activated")).to_be_visible(timeout=TIMEOUT_MS)

@@ -9,15 +9,18 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import BrowserContext, Route, expect
+from playwright.async_api import BrowserContext, expect
 
 from tests.web.approval_support import (
     TIMEOUT_MS,
     approve,
     books_equal_chain,
+    change_transaction,
     connect,
     open_page,
+    refused_to_sign,
     setup_key,
+    still_pending,
 )
 from tests.web.fake_wallets import FakeEvmWallet
 from zpay.domain.money import display_amount
@@ -108,8 +111,7 @@ async def test_wrong_account_signs_nothing(ctx: AppContext, served: str,
             f"This approval is for the wallet {key['user_wallet']}")
         await expect(page.get_by_test_id("approve")).to_be_hidden()
         assert not SIGNING & set(other.calls)
-        status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-        assert status["status"] == "pending_approval"
+        await still_pending(api, key)
 
 
 def _manipulate(body: dict[str, Any], how: str, thief: str) -> None:
@@ -135,23 +137,12 @@ async def test_a_manipulated_approval_is_never_offered_to_sign(
         api, _, key = await setup_key(
             ctx, http, wallet.address, chain="evm-local",
             method="transaction" if how.startswith("calldata") else None)
-
-        async def serve_manipulated(route: Route) -> None:
-            response = await route.fetch()
-            body = await response.json()
-            _manipulate(body, how, thief)
-            await route.fulfill(response=response, json=body)
-
-        await page_context.route("**/approve/*/transaction", serve_manipulated)
+        await change_transaction(page_context, lambda body: _manipulate(body, how, thief))
         page = await open_page(page_context, served, key["approval_url"], wallet)
-        check = page.get_by_test_id("mismatch")
-        await expect(check).to_contain_text("Do not sign", timeout=TIMEOUT_MS)
-        expected = {"typed_data_to": "another address than the session wallet",
-                    "typed_data_chain": "it is for another network",
-                    "typed_data_value": "moves 1,000,000.00 USDC, not the 25.00 USDC shown",
-                    "calldata_recipient": "another address than the session wallet"}[how]
-        await expect(check).to_contain_text(expected)
-        assert await page.get_by_test_id("approve").count() == 0
+        await refused_to_sign(page, {
+            "typed_data_to": "another address than the session wallet",
+            "typed_data_chain": "it is for another network",
+            "typed_data_value": "moves 1,000,000.00 USDC, not the 25.00 USDC shown",
+            "calldata_recipient": "another address than the session wallet"}[how])
         assert wallet.calls == []
-        status = await api.ok("GET", f"/v1/session-keys/{key['id']}")
-        assert status["status"] == "pending_approval"
+        await still_pending(api, key)

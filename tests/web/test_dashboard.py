@@ -7,28 +7,15 @@ and clicks, and the API then shows that what was clicked really happened.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
 from tests.jobs.receivers import Loopback, ids
 from tests.web.dashboard_support import build_shop, sign_in
 from zpay.jobs.scheduler import run_once
 from zpay.services.context import AppContext
-
-
-@pytest.fixture
-async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-async def page(page_context: BrowserContext) -> Page:
-    return await page_context.new_page()
 
 
 async def test_session_key_page_shows_limits_and_live_usage(

@@ -7,7 +7,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,17 +27,6 @@ from zpay.store.dashboard_models import DashboardSession, DashboardUser
 from zpay.store.models import Agent, ApiKey
 
 ZPAY = Path(sys.executable).with_name("zpay")
-
-
-@pytest.fixture
-async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture
-async def page(page_context: BrowserContext) -> Page:
-    return await page_context.new_page()
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ submit. Screenshots: docs/screenshots/user-sessions.png and user-sessions-phone.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from playwright.async_api import BrowserContext, Page, Route, expect
 from solders.keypair import Keypair
 
@@ -25,12 +23,7 @@ from zpay.jobs.refunds import run_refunds
 from zpay.services.context import AppContext
 
 USDC = 10**6
-
-
-@pytest.fixture
-async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served, timeout=60) as client:
-        yield client
+HTTP_TIMEOUT_S = 60  # the `http` fixture's: these wait on a chain
 
 
 async def funded_key(api: Api, signer: SolanaWallet | EvmWallet, agent_name: str,

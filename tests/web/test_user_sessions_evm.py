@@ -5,7 +5,6 @@ it, the agent is refused at once and the remainder returns to the wallet on chai
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -30,17 +29,12 @@ from zpay.services.context import AppContext
 from zpay.settings import Settings
 
 USDC = 10**6
+HTTP_TIMEOUT_S = 60  # the `http` fixture's: these wait on a chain
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, chains=("solana-local", "evm-local"))
-
-
-@pytest.fixture
-async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served, timeout=60) as client:
-        yield client
 
 
 def personal_sign(account: object, message: str) -> str:

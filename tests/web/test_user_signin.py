@@ -12,12 +12,10 @@ import asyncio
 import base64
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 from solders.keypair import Keypair
 
 from tests.support import active_key, merchant_api
@@ -29,12 +27,6 @@ PROBLEM = "application/problem+json"
 
 def solana_signature(keypair: Keypair, message: str) -> str:
     return base64.b64encode(bytes(keypair.sign_message(message.encode()))).decode()
-
-
-@pytest.fixture
-async def http(served: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=served, timeout=30) as client:
-        yield client
 
 
 async def challenge(http: httpx.AsyncClient, address: str,

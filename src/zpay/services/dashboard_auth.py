@@ -27,6 +27,7 @@ from zpay.domain import tokens
 from zpay.domain.errors import Conflict, InvalidRequest, Unauthorized
 from zpay.services.auth import Principal, Role
 from zpay.services.context import AppContext
+from zpay.services.session_tokens import csrf_digest, new_session_token
 from zpay.store.dashboard_models import DashboardSession, DashboardUser
 from zpay.store.ids import new_id
 from zpay.store.models import ApiKey, Merchant
@@ -140,18 +141,13 @@ class DashboardIdentity:
 
 
 def csrf_token_for(session_token: str) -> str:
-    return _b64(hmac.new(session_token.encode(), _CSRF_LABEL, hashlib.sha256).digest())
-
-
-def check_csrf(identity: DashboardIdentity, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(identity.csrf_token.encode(),
-                                                   (submitted or "").encode())
+    return _b64(csrf_digest(session_token, _CSRF_LABEL))
 
 
 async def _open(ctx: AppContext, merchant_id: str, *, api_key_id: str | None = None,
                 user_id: str | None = None) -> SignedIn:
     now = ctx.now()
-    token = secrets.token_urlsafe(32)
+    token = new_session_token()
     expires_at = now + timedelta(seconds=ctx.settings.dashboard_session_ttl_s)
     async with ctx.db.transaction() as s:
         # Sessions past their expiry are dead already; clearing them here bounds the table.

@@ -17,9 +17,6 @@ only rows whose `user_wallet` is that wallet.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from zpay.chains.message_signatures import signed_by
 from zpay.chains.protocol import ChainError, Family
 from zpay.chains.registry import NetworkSpec, get_network, known_networks
-from zpay.domain import signin
+from zpay.domain import signin, tokens
 from zpay.domain.errors import InvalidRequest, NotFound
 from zpay.domain.lifecycle import KeyStatus, is_live
 from zpay.domain.signin import Flavor, SignInRefused
 from zpay.services.context import AppContext
 from zpay.services.session_keys import revoke_locked
+from zpay.services.session_tokens import csrf_digest, new_session_token
 from zpay.services.views import amount, ts
 from zpay.store.ids import new_id
 from zpay.store.models import Agent, Approval, Merchant, Payment, SessionKey
@@ -51,13 +49,9 @@ _FLAVOR = {Family.SOLANA: Flavor.SOLANA, Family.EVM: Flavor.ETHEREUM}
 _FAMILY = {flavor: family for family, flavor in _FLAVOR.items()}
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def csrf_token_for(session_token: str) -> str:
     """The synchronizer token of a session: an HMAC of its secret token, nothing stored."""
-    return hmac.new(session_token.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
+    return csrf_digest(session_token, _CSRF_LABEL).hex()
 
 
 def chain_id_for_signin(spec: NetworkSpec) -> str:
@@ -136,14 +130,14 @@ async def sign_in(ctx: AppContext, *, message: str, signature: str,
     if not signed_by(family, parsed.address, message, signature):
         raise SignInRefused("the signature is not this wallet's signature of this message",
                             code="signin_signature_invalid")
-    token = secrets.token_urlsafe(32)
+    token = new_session_token()
     expires_at = now + SESSION_TTL
     async with ctx.db.transaction() as s:
         await _consume_nonce(s, parsed.nonce or "", now)
         await s.execute(delete(UserSession).where(UserSession.expires_at < now))
-        s.add(UserSession(id=new_id("usess"), token_hash=_hash(token), family=family.value,
-                          wallet=parsed.address, created_at=now, expires_at=expires_at,
-                          ended_at=None))
+        s.add(UserSession(id=new_id("usess"), token_hash=tokens.token_hash(token),
+                          family=family.value, wallet=parsed.address, created_at=now,
+                          expires_at=expires_at, ended_at=None))
     return SignedIn(token=token, wallet=parsed.address, family=family, expires_at=expires_at)
 
 
@@ -180,16 +174,11 @@ async def resolve(ctx: AppContext, session_token: str | None) -> WalletUser | No
         return None
     async with ctx.db.sessions() as s:
         row = (await s.execute(select(UserSession).where(
-            UserSession.token_hash == _hash(session_token)))).scalar()
+            UserSession.token_hash == tokens.token_hash(session_token)))).scalar()
     if row is None or row.ended_at is not None or ctx.now() >= row.expires_at:
         return None
     return WalletUser(session_id=row.id, family=Family(row.family), wallet=row.wallet,
                       csrf_token=csrf_token_for(session_token), expires_at=row.expires_at)
-
-
-def check_csrf(user: WalletUser, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(user.csrf_token.encode(),
-                                                   (submitted or "").encode())
 
 
 async def sign_out(ctx: AppContext, user: WalletUser) -> None:

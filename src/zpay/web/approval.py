@@ -25,24 +25,13 @@ from zpay.services import approval_links, approval_page
 from zpay.services.approval_links import LinkExpired, LinkInvalid
 from zpay.services.context import AppContext
 from zpay.settings import Settings
+from zpay.web import security
 
 Json = dict[str, Any]
 
 
 def security_headers(settings: Settings) -> dict[str, str]:
-    ancestors = " ".join(settings.frame_ancestors)
-    headers = {
-        "Content-Security-Policy": (
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "connect-src 'self'; form-action 'self'; base-uri 'none'; "
-            f"frame-ancestors {ancestors}"),
-        "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
-        "X-Content-Type-Options": "nosniff",
-    }
-    if settings.frame_ancestors == ("'none'",):
-        headers["X-Frame-Options"] = "DENY"  # for browsers without CSP frame-ancestors
-    return headers
+    return security.security_headers(scripts=True, frame_ancestors=settings.frame_ancestors)
 
 
 _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60))

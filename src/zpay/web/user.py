@@ -29,19 +29,13 @@ from zpay.domain.errors import NotFound, ZpayError
 from zpay.services import user_sessions
 from zpay.services.requests import Request as Body
 from zpay.services.user_sessions import WalletUser
+from zpay.web.dashboard.present import money, when
+from zpay.web.security import CsrfRefused, NotSignedIn, checked_form, cookie, security_headers
 
 COOKIE = "zpay_user"
 COOKIE_PATH = "/me"
 SIGN_IN_PATH = "/me/sign-in"
-_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; "
-        "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+_HEADERS = security_headers(scripts=True)
 
 
 class ChallengeBody(Body):
@@ -52,14 +46,6 @@ class ChallengeBody(Body):
 class SignInBody(Body):
     message: str
     signature: str
-
-
-class NotSignedIn(Exception):
-    """No live user session: the browser goes to the sign-in page."""
-
-
-class CsrfRefused(Exception):
-    """A form came without this session's CSRF token."""
 
 
 # ------------------------------------------------------------------ request facts
@@ -74,13 +60,8 @@ def _origin(request: Request[Any, Any, Any]) -> tuple[str, str]:
     return request.url.scheme, request.headers.get("host", "") or request.url.netloc
 
 
-def _secure(request: Request[Any, Any, Any]) -> bool:
-    return _origin(request)[0] == "https" or request.url.scheme == "https"
-
-
 def _cookie(request: Request[Any, Any, Any], value: str, max_age: int) -> Cookie:
-    return Cookie(key=COOKIE, value=value, path=COOKIE_PATH, max_age=max_age, httponly=True,
-                  samesite="strict", secure=_secure(request))
+    return cookie(request, COOKIE, value, max_age, path=COOKIE_PATH)
 
 
 async def provide_user(request: Request[Any, Any, Any]) -> WalletUser:
@@ -90,30 +71,7 @@ async def provide_user(request: Request[Any, Any, Any]) -> WalletUser:
     return user
 
 
-async def _checked_form(request: Request[Any, Any, Any], user: WalletUser) -> None:
-    form = await request.form()
-    token = form.get("csrf_token")
-    if not isinstance(token, str) or not user_sessions.check_csrf(user, token):
-        raise CsrfRefused
-
-
 # ------------------------------------------------------------------ presentation
-
-
-def money(value: str | None) -> str:
-    """'1250.500000' -> '1,250.50' (decimal strings only; trailing zeros past 2 trimmed)."""
-    if value is None:
-        return "—"
-    whole, _, frac = value.partition(".")
-    frac = frac.rstrip("0").ljust(2, "0")
-    return f"{int(whole):,}.{frac}"
-
-
-def when(value: str | None) -> str:
-    if not value:
-        return "—"
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    return moment.strftime("%-d %b %Y, %H:%M UTC")
 
 
 def until(value: str | None, now: datetime) -> str:
@@ -247,14 +205,14 @@ class UserPages(Controller):
     @post("/keys/{key_id:str}/revoke", status_code=303)
     async def revoke(self, key_id: str, request: Request[Any, Any, Any],
                      user: WalletUser) -> Redirect:
-        await _checked_form(request, user)
+        await checked_form(request, user.csrf_token)
         await user_sessions.revoke_key(context_of(request), user, key_id)
         return Redirect(path=f"/me?revoked={key_id}#{key_id}", status_code=303,
                         headers=_HEADERS)
 
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], user: WalletUser) -> Redirect:
-        await _checked_form(request, user)
+        await checked_form(request, user.csrf_token)
         await user_sessions.sign_out(context_of(request), user)
         return Redirect(path=SIGN_IN_PATH, status_code=303, headers=_HEADERS,
                         cookies=[_cookie(request, "", 0)])

@@ -88,19 +88,22 @@ class DashboardPages(Controller):
         agent = await agents.get_agent(ctx, dash.principal, agent_id)
         return await self._agent_page(ctx, dash, agent, _notice(notice))
 
+    async def _set_frozen(self, request: Request[Any, Any, Any], dash: DashboardIdentity,
+                          agent_id: str, frozen: bool) -> Redirect:
+        await checked_form(request, dash)
+        await agents.set_frozen(context_of(request), dash.principal, agent_id, frozen)
+        notice = "frozen" if frozen else "unfrozen"
+        return Redirect(f"/dashboard/agents/{agent_id}?notice={notice}", status_code=303)
+
     @post("/agents/{agent_id:str}/freeze", status_code=303)
     async def freeze(self, request: Request[Any, Any, Any], dash: DashboardIdentity,
                      agent_id: str) -> Redirect:
-        await checked_form(request, dash)
-        await agents.set_frozen(context_of(request), dash.principal, agent_id, True)
-        return Redirect(f"/dashboard/agents/{agent_id}?notice=frozen", status_code=303)
+        return await self._set_frozen(request, dash, agent_id, True)
 
     @post("/agents/{agent_id:str}/unfreeze", status_code=303)
     async def unfreeze(self, request: Request[Any, Any, Any], dash: DashboardIdentity,
                        agent_id: str) -> Redirect:
-        await checked_form(request, dash)
-        await agents.set_frozen(context_of(request), dash.principal, agent_id, False)
-        return Redirect(f"/dashboard/agents/{agent_id}?notice=unfrozen", status_code=303)
+        return await self._set_frozen(request, dash, agent_id, False)
 
     @post("/agents/{agent_id:str}/rotate-token", status_code=200)
     async def rotate(self, request: Request[Any, Any, Any], dash: DashboardIdentity,

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +22,9 @@ from zpay.api.deps import context_of
 from zpay.domain.errors import NotFound, ZpayError
 from zpay.services import dashboard_auth
 from zpay.services.dashboard_auth import DashboardIdentity
+from zpay.services.session_tokens import same_secret
+from zpay.web import security
+from zpay.web.security import CsrfRefused, NotSignedIn
 
 SESSION_COOKIE = "zpay_dash"
 LOGIN_COOKIE = "zpay_dash_login"
@@ -30,32 +32,11 @@ COOKIE_PATH = "/dashboard"
 LOGIN_PATH = "/dashboard/login"
 LOGIN_FORM_TTL_S = 3600
 
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-class NotSignedIn(Exception):
-    """No live dashboard session: the browser goes to the sign-in page."""
-
-
-class CsrfRefused(Exception):
-    """A form came without this session's CSRF token."""
-
-
-def secure_cookies(request: Request[Any, Any, Any]) -> bool:
-    public_url = str(getattr(context_of(request).settings, "public_url", "") or "")
-    return request.url.scheme == "https" or public_url.startswith("https://")
+SECURITY_HEADERS = security.security_headers(scripts=False)
 
 
 def cookie(request: Request[Any, Any, Any], key: str, value: str, max_age: int) -> Cookie:
-    return Cookie(key=key, value=value, path=COOKIE_PATH, max_age=max_age, httponly=True,
-                  samesite="strict", secure=secure_cookies(request))
+    return security.cookie(request, key, value, max_age, path=COOKIE_PATH)
 
 
 def expired_cookie(request: Request[Any, Any, Any], key: str) -> Cookie:
@@ -73,11 +54,7 @@ async def provide_identity(request: Request[Any, Any, Any]) -> DashboardIdentity
 async def checked_form(request: Request[Any, Any, Any],
                        identity: DashboardIdentity) -> dict[str, str]:
     """The POSTed form, once its CSRF token matched this session's."""
-    form = await request.form()
-    token = form.get("csrf_token")
-    if not isinstance(token, str) or not dashboard_auth.check_csrf(identity, token):
-        raise CsrfRefused
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return await security.checked_form(request, identity.csrf_token)
 
 
 def new_login_token() -> str:
@@ -85,9 +62,7 @@ def new_login_token() -> str:
 
 
 def login_token_ok(request: Request[Any, Any, Any], submitted: str | None) -> bool:
-    expected = request.cookies.get(LOGIN_COOKIE)
-    return bool(expected and submitted) and hmac.compare_digest(
-        (expected or "").encode(), (submitted or "").encode())
+    return same_secret(request.cookies.get(LOGIN_COOKIE), submitted)
 
 
 def safe_next(value: str | None) -> str:
