@@ -7,9 +7,9 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zpay.settings import Settings
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # Not imported from zpay.client: `zpay --help` and the server commands stay free of httpx.
 # asyncio too is imported where used: API commands never need it.
 DEFAULT_URL = "http://127.0.0.1:8000"
+T = TypeVar("T")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,25 +116,31 @@ async def _admin_context(settings: Settings) -> AppContext:
     return AppContext(settings=settings, db=db, custody=custody, chains=ChainSet())
 
 
-def _merchants_create(args: argparse.Namespace, settings: Settings) -> int:
+def _with_admin_context(settings: Settings, work: Callable[[AppContext], Awaitable[T]]) -> T:
+    """`work` run on an admin context (`_admin_context`), whose database is closed after."""
     import asyncio
 
-    from zpay.services.merchants import create_merchant
-
-    async def run() -> None:
+    async def run() -> T:
         ctx = await _admin_context(settings)
         try:
-            created = await create_merchant(ctx, args.name, args.environment)
+            return await work(ctx)
         finally:
             await ctx.db.dispose()
-        if args.json:
-            print(json.dumps({"id": created.merchant_id, "object": "merchant",
-                              "name": created.name, "api_key": created.api_key}, indent=2))
-            return
-        print(f"merchant: {created.merchant_id}")
-        print(f"secret key (shown once, store it now): {created.api_key}")
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _merchants_create(args: argparse.Namespace, settings: Settings) -> int:
+    from zpay.services.merchants import create_merchant
+
+    created = _with_admin_context(
+        settings, lambda ctx: create_merchant(ctx, args.name, args.environment))
+    if args.json:
+        print(json.dumps({"id": created.merchant_id, "object": "merchant",
+                          "name": created.name, "api_key": created.api_key}, indent=2))
+        return 0
+    print(f"merchant: {created.merchant_id}")
+    print(f"secret key (shown once, store it now): {created.api_key}")
     return 0
 
 

@@ -8,8 +8,13 @@ import argparse
 import getpass
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from zpay.settings import Settings
+
+if TYPE_CHECKING:
+    from zpay.services.context import AppContext
+    from zpay.services.dashboard_auth import DashboardUserCreated
 
 
 def _read_password(from_stdin: bool) -> str | None:
@@ -23,9 +28,7 @@ def _read_password(from_stdin: bool) -> str | None:
 
 
 def add_user(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
-    from zpay.cli import _admin_context
+    from zpay.cli import _with_admin_context
     from zpay.domain.errors import ZpayError
     from zpay.services.dashboard_auth import add_user as create
 
@@ -33,24 +36,23 @@ def add_user(args: argparse.Namespace, settings: Settings) -> int:
     if password is None:
         return 1
 
-    async def run() -> int:
-        ctx = await _admin_context(settings)
+    async def add(ctx: AppContext) -> DashboardUserCreated | None:
         try:
-            user = await create(ctx, args.merchant, args.email, password)
+            return await create(ctx, args.merchant, args.email, password)
         except ZpayError as exc:
             print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
-            return 1
-        finally:
-            await ctx.db.dispose()
-        if getattr(args, "json", False):
-            print(json.dumps({"id": user.id, "object": "dashboard_user",
-                              "merchant_id": user.merchant_id, "email": user.email}, indent=2))
-        else:
-            print(f"dashboard user: {user.id}")
-            print(f"{user.email} can now sign in to {user.merchant_id} at /dashboard/login")
-        return 0
+            return None
 
-    return asyncio.run(run())
+    user = _with_admin_context(settings, add)
+    if user is None:
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps({"id": user.id, "object": "dashboard_user",
+                          "merchant_id": user.merchant_id, "email": user.email}, indent=2))
+    else:
+        print(f"dashboard user: {user.id}")
+        print(f"{user.email} can now sign in to {user.merchant_id} at /dashboard/login")
+    return 0
 
 
 def add_parser(merchants: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

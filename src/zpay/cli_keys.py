@@ -53,37 +53,28 @@ def add_api_key_commands(commands: Any) -> None:
 
 
 def _rotate_master(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
-    from zpay.cli import _admin_context
+    from zpay.cli import _with_admin_context
     from zpay.services.master_key import rotate_master
 
-    async def run() -> int:
-        ctx = await _admin_context(settings)
-        try:
-            report = await rotate_master(ctx, batch=args.batch_size,
-                                         max_batches=args.max_batches)
-        finally:
-            await ctx.db.dispose()
-        if args.json:
-            print(json.dumps({"version": report.version, "rewrapped": report.rewrapped,
-                              "batches": report.batches,
-                              "remaining": {str(k): v for k, v in report.remaining.items()}}))
+    report = _with_admin_context(settings, lambda ctx: rotate_master(
+        ctx, batch=args.batch_size, max_batches=args.max_batches))
+    if args.json:
+        print(json.dumps({"version": report.version, "rewrapped": report.rewrapped,
+                          "batches": report.batches,
+                          "remaining": {str(k): v for k, v in report.remaining.items()}}))
+    else:
+        print(f"re-wrapped under master key version {report.version}: "
+              f"{report.rewrapped['wallet_secrets']} wallet secrets, "
+              f"{report.rewrapped['webhook_endpoints']} webhook secrets "
+              f"({report.batches} batches)")
+        if report.done:
+            print("nothing is left under an older version: ZPAY_PREVIOUS_MASTER_KEYS can "
+                  "be emptied once every process runs with the new key")
         else:
-            print(f"re-wrapped under master key version {report.version}: "
-                  f"{report.rewrapped['wallet_secrets']} wallet secrets, "
-                  f"{report.rewrapped['webhook_endpoints']} webhook secrets "
-                  f"({report.batches} batches)")
-            if report.done:
-                print("nothing is left under an older version: ZPAY_PREVIOUS_MASTER_KEYS can "
-                      "be emptied once every process runs with the new key")
-            else:
-                left = ", ".join(f"{n} under version {v}"
-                                 for v, n in sorted(report.remaining.items()))
-                print(f"still to do: {left}; run the command again to continue")
-        return 0 if report.done else 3
-
-    return asyncio.run(run())
+            left = ", ".join(f"{n} under version {v}"
+                             for v, n in sorted(report.remaining.items()))
+            print(f"still to do: {left}; run the command again to continue")
+    return 0 if report.done else 3
 
 
 def add_keys_parser(sub: Any) -> None:

@@ -49,6 +49,18 @@ def sign(user: Any, approval: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def approved_evm_key(api: Api, user: Any, agent_id: str,
+                           max_amount: str) -> dict[str, Any]:
+    """An EIP-3009 session key on evm-local for `agent_id`, funded by `user` (who holds the
+    tokens): created, approved as MetaMask would sign it, active. Returns its status."""
+    key = await api.ok("POST", "/v1/session-keys", {
+        "agent_id": agent_id, "user_wallet": user.address, "max_amount": max_amount,
+        "chain": "evm-local", "expires_in_seconds": 3600, "approval_method": "eip3009"})
+    status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval", sign(user, key))
+    assert status["status"] == "active"
+    return status
+
+
 async def balances(ctx: AppContext, *addresses: str) -> list[int]:
     adapter = ctx.chains.get("evm-local")
     return [await adapter.balance(a, adapter.token("USDC")) for a in addresses]

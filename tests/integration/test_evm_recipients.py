@@ -14,7 +14,7 @@ from eth_account import Account
 from solders.keypair import Keypair
 from sqlalchemy import func, select
 
-from tests.integration.test_evm_lifecycle import sign
+from tests.integration.test_evm_lifecycle import approved_evm_key
 from tests.support import merchant_api
 from zpay.services.context import AppContext
 from zpay.settings import Settings
@@ -47,13 +47,9 @@ async def test_impossible_evm_recipients(ctx: AppContext, http: httpx.AsyncClien
     await api.ok("POST", "/v1/faucet", {"wallet": user.address, "amount": "10",
                                         "chain": "evm-local"})
     agent = await api.ok("POST", "/v1/agents", {"name": "evm"})
-    key = await api.ok("POST", "/v1/session-keys", {
-        "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "5",
-        "chain": "evm-local", "expires_in_seconds": 3600, "approval_method": "eip3009"})
-    status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval", sign(user, key))
-    assert status["status"] == "active"
+    key = await approved_evm_key(api, user, agent["id"], "5")
     me = api.as_(agent["token"])
-    wallet = status["session_key_address"]
+    wallet = key["session_key_address"]
     before = await _rows(ctx)
     impossible = {"the session wallet": wallet, "the same, lower case": wallet.lower(),
                   "the token contract": adapter.token("USDC").address,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from tests.integration.test_evm_lifecycle import sign
+from tests.integration.test_evm_lifecycle import approved_evm_key
 from tests.mcp.conftest import TRANSPORTS, connect
 from tests.support import merchant_api
 from tests.x402.support import RESOURCE_BODY, x402_resource_server
@@ -42,11 +42,7 @@ async def evm_agent(ctx: AppContext, http: httpx.AsyncClient) -> EvmAgent:
     user = Account.create()
     await api.ok("POST", "/v1/faucet", {"wallet": user.address, "amount": "5"})
     agent = await api.ok("POST", "/v1/agents", {"name": "x402-agent"})
-    key = await api.ok("POST", "/v1/session-keys", {
-        "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "1",
-        "chain": "evm-local", "expires_in_seconds": 3600, "approval_method": "eip3009"})
-    status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval", sign(user, key))
-    assert status["status"] == "active"
+    key = await approved_evm_key(api, user, agent["id"], "1")
     return EvmAgent(api, agent["token"], key["id"], agent["id"])
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from zpay.webhooks import build_headers, generate_secret, verify
-from zpay.webhooks._pinning import PinnedTransport
+from zpay.webhooks.pinning import PinnedTransport
 from zpay.webhooks.sender import WebhookSender, send
 from zpay.webhooks.ssrf import Resolver
 

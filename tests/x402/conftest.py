@@ -14,7 +14,7 @@ import httpx
 import pytest
 from eth_account import Account
 
-from tests.integration.test_evm_lifecycle import sign
+from tests.integration.test_evm_lifecycle import approved_evm_key
 from tests.jobs.support import Clock
 from tests.support import Api, merchant_api
 from zpay.jobs.reconcile import RECHECK_AFTER, reconcile_payments
@@ -108,11 +108,7 @@ async def shop(ctx: AppContext, http: httpx.AsyncClient, served: str) -> Shop:
     user = Account.create()
     await api.ok("POST", "/v1/faucet", {"wallet": user.address, "amount": "50"})
     agent = await api.ok("POST", "/v1/agents", {"name": "x402-agent"})
-    key = await api.ok("POST", "/v1/session-keys", {
-        "agent_id": agent["id"], "user_wallet": user.address, "max_amount": "1",
-        "chain": "evm-local", "expires_in_seconds": 3600, "approval_method": "eip3009"})
-    status = await api.ok("POST", f"/v1/session-keys/{key['id']}/approval", sign(user, key))
-    assert status["status"] == "active"
+    status = await approved_evm_key(api, user, agent["id"], "1")
     return Shop(ctx=ctx, api=api, agent=api.as_(agent["token"]), agent_token=agent["token"],
                 key=status, pay_to=Account.create().address, url=served, clock=clock)
 

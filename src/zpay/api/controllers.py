@@ -30,6 +30,7 @@ from zpay.services.context import AppContext
 from zpay.services.pagination import Page
 
 Json = dict[str, Any]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key")]
 
 
 class AgentController(Controller):
@@ -165,16 +166,16 @@ class PaymentController(Controller):
     @post()
     async def create(
         self, data: payments.PaymentRequest, ctx: AppContext, principal: Principal,
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Json]:
         key = idempotency.validate_key(idempotency_key)
         outcome = await payments.create_payment(ctx, principal, data, key)
         if outcome.error is not None:
             status, body = problem_for(outcome.error)
-            return _json(status, body, replayed=outcome.replayed)
+            return json_response(status, body, replayed=outcome.replayed)
         if outcome.body.get("status") == "failed":  # never a 2xx for money that did not move
-            return _json(*failed_payment_problem(outcome.body), replayed=outcome.replayed)
-        return _json(outcome.status_code, outcome.body, replayed=outcome.replayed)
+            return json_response(*failed_payment_problem(outcome.body), replayed=outcome.replayed)
+        return json_response(outcome.status_code, outcome.body, replayed=outcome.replayed)
 
     @get()
     async def list_(self, ctx: AppContext, principal: Principal, page: Page,
@@ -186,7 +187,8 @@ class PaymentController(Controller):
         return await payments.get_payment(ctx, principal, payment_id)
 
 
-def _json(status: int, body: Json, *, replayed: bool = False) -> Response[Json]:
+def json_response(status: int, body: Json, *, replayed: bool = False) -> Response[Json]:
+    """A JSON answer (problem+json from 400 on); `replayed` marks an idempotent replay."""
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     media = PROBLEM if status >= 400 else "application/json"
     return Response(body, status_code=status, media_type=media, headers=headers)

@@ -63,6 +63,12 @@ _AGENT_404 = ("agent_not_found",)
 _KEY_404 = ("session_key_not_found",)
 _SESSION_404 = ("session_not_found",)
 _PAGE = "Newest first; `limit` 1..100 (default 20), then `starting_after` = `next_cursor`."
+_APPROVAL_SUBMIT_ERRORS: dict[int, tuple[str, ...]] = {  # a funding or top-up approval
+    202: ("approval_pending",),
+    409: ("approval_in_flight", "approval_already_used", "session_key_not_live"),
+    503: ("chain_unavailable",),
+    422: ("approval_mismatch", "approval_signature_invalid", "approval_expired",
+          "approval_rejected")}
 
 OPS: dict[tuple[str, str], Op] = {
     ("GET", "/health"): Op("Liveness", "200 while the process serves requests.", auth=()),
@@ -141,11 +147,7 @@ OPS: dict[tuple[str, str], Op] = {
         "sent and confirmed; answers once the key is funded (202 `approval_pending` while "
         "the chain has not answered yet: submit the same approval again).", body=r.SessionKey,
         not_found=_KEY_404,
-        errors={202: ("approval_pending",),
-                409: ("approval_in_flight", "approval_already_used", "session_key_not_live"),
-                503: ("chain_unavailable",),
-                422: ("approval_mismatch", "approval_signature_invalid", "approval_expired",
-                      "approval_rejected")}),
+        errors=_APPROVAL_SUBMIT_ERRORS),
     ("POST", "/v1/session-keys/{key_id}/approval/renew"): Op(
         "Renew the funding approval", "A fresh approval (e.g. after `approval_expired`); the "
         "old one is void.", not_found=_KEY_404,
@@ -156,11 +158,7 @@ OPS: dict[tuple[str, str], Op] = {
                                     422: ("invalid_amount",)}),
     ("POST", "/v1/session-keys/{key_id}/top-ups/{top_up_id}/approval"): Op(
         "Submit a signed top-up", body=r.SessionKey, not_found=(*_KEY_404, "approval_not_found"),
-        errors={202: ("approval_pending",),
-                409: ("approval_in_flight", "approval_already_used", "session_key_not_live"),
-                503: ("chain_unavailable",),
-                422: ("approval_mismatch", "approval_signature_invalid", "approval_expired",
-                      "approval_rejected")}),
+        errors=_APPROVAL_SUBMIT_ERRORS),
     ("POST", "/v1/session-keys/{key_id}/top-ups/{top_up_id}/renew"): Op(
         "Renew a top-up approval", not_found=(*_KEY_404, "approval_not_found"),
         errors={409: ("approval_not_renewable", "session_key_not_live")}),

@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from zpay.api.errors import PROBLEM, problem
 from zpay.metrics import process_metrics
+from zpay.services.auth import bearer_token
 from zpay.services.context import AppContext
 from zpay.settings import Settings
 from zpay.store.database import Database
@@ -178,9 +179,7 @@ def _subject(value: str) -> str:
 def _bearer(scope: Scope) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
+            return bearer_token(value.decode("latin-1"))
     return None
 
 

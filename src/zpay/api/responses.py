@@ -27,6 +27,16 @@ class Out(msgspec.Struct, kw_only=True):
     pass
 
 
+class ListOf(Out, kw_only=True):
+    """A page of a list operation; each subclass narrows `data` to its item type (the
+    field keeps its place, so every list schema reads object, data, has_more, next_cursor)."""
+
+    object: str = "list"
+    data: list[Any]
+    has_more: bool
+    next_cursor: Cursor = None
+
+
 class Problem(Out, kw_only=True):
     """RFC 9457 problem details, with zpay's stable `code`."""
 
@@ -56,11 +66,8 @@ class Agent(Out, kw_only=True):
     deleted: bool | None = None
 
 
-class AgentList(Out, kw_only=True):
-    object: str = "list"
+class AgentList(ListOf, kw_only=True):
     data: list[Agent]
-    has_more: bool
-    next_cursor: Cursor = None
 
 
 # ---------------------------------------------------------------- merchant API keys
@@ -82,11 +89,8 @@ class RolledApiKey(ApiKey, kw_only=True):
     rolled_from: ApiKey
 
 
-class ApiKeyList(Out, kw_only=True):
-    object: str = "list"
+class ApiKeyList(ListOf, kw_only=True):
     data: list[ApiKey]
-    has_more: bool
-    next_cursor: Cursor = None
 
 
 # ---------------------------------------------------------------- policy sessions
@@ -119,11 +123,8 @@ class PolicySession(Out, kw_only=True):
         description="the `as_` session token, only on create: shown once")] = None
 
 
-class PolicySessionList(Out, kw_only=True):
-    object: str = "list"
+class PolicySessionList(ListOf, kw_only=True):
     data: list[PolicySession]
-    has_more: bool
-    next_cursor: Cursor = None
 
 
 # ---------------------------------------------------------------- session keys
@@ -174,11 +175,8 @@ class SessionKey(Out, kw_only=True):
     approval: Approval | None = None
 
 
-class SessionKeyList(Out, kw_only=True):
-    object: str = "list"
+class SessionKeyList(ListOf, kw_only=True):
     data: list[SessionKey]
-    has_more: bool
-    next_cursor: Cursor = None
 
 
 class Affordability(Out, kw_only=True):
@@ -208,11 +206,8 @@ class PaymentAttempt(Out, kw_only=True):
     created_at: Timestamp
 
 
-class PaymentAttemptList(Out, kw_only=True):
-    object: str = "list"
+class PaymentAttemptList(ListOf, kw_only=True):
     data: list[PaymentAttempt]
-    has_more: bool
-    next_cursor: Cursor = None
 
 
 # ---------------------------------------------------------------- payments
@@ -237,8 +232,5 @@ class Payment(Out, kw_only=True):
     updated_at: Timestamp
 
 
-class PaymentList(Out, kw_only=True):
-    object: str = "list"
+class PaymentList(ListOf, kw_only=True):
     data: list[Payment]
-    has_more: bool
-    next_cursor: Cursor = None

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
 from litestar import Controller, Response, get, post
-from litestar.params import HeaderParameter
 
+from zpay.api.controllers import IdempotencyKey, Json, json_response
 from zpay.services import idempotency, x402
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
-
-Json = dict[str, Any]
 
 
 class X402Controller(Controller):
@@ -21,14 +17,13 @@ class X402Controller(Controller):
     @post()
     async def create(
         self, data: x402.X402PaymentRequest, ctx: AppContext, principal: Principal,
-        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Json]:
         """Both layers, the hold, then the signed header to send (`header_name`,
         `header_value`). A replay of the same Idempotency-Key answers the same payment."""
         key = idempotency.validate_key(idempotency_key)
         status, body = await x402.create_x402_payment(ctx, principal, data, key)
-        headers = {"Idempotent-Replayed": "true"} if status == 200 else {}
-        return Response(body, status_code=status, headers=headers)
+        return json_response(status, body, replayed=status == 200)
 
     @get("/{payment_id:str}")
     async def get_(self, payment_id: str, ctx: AppContext, principal: Principal) -> Json:
@@ -39,4 +34,4 @@ class X402Controller(Controller):
                          ctx: AppContext, principal: Principal) -> Response[Json]:
         """The PAYMENT-RESPONSE the agent got: zpay checks the chain; 200 once final."""
         status, body = await x402.report_settlement(ctx, principal, payment_id, data)
-        return Response(body, status_code=status)
+        return json_response(status, body)

@@ -106,10 +106,9 @@ class Agents(_Resource):
         return self._pager(Ops.list_agents(limit))
 
     async def rotate_token(self, agent_id: str, *,
-                     expires_in_seconds: int | None = None) -> Agent:
+                           expires_in_seconds: int | None = None) -> Agent:
         """A new token in `.token`; the old one stops working at once."""
         return await self._c._send(Ops.rotate_agent_token(agent_id, expires_in_seconds))
-
 
     async def freeze(self, agent_id: str) -> Agent:
         return await self._c._send(Ops.freeze_agent(agent_id, True))

@@ -108,7 +108,6 @@ class Agents(_Resource):
         """A new token in `.token`; the old one stops working at once."""
         return self._c._send(Ops.rotate_agent_token(agent_id, expires_in_seconds))
 
-
     def freeze(self, agent_id: str) -> Agent:
         return self._c._send(Ops.freeze_agent(agent_id, True))
 

@@ -43,9 +43,9 @@ from zpay.api.errors import PROBLEM, problem, problem_for
 from zpay.client import AsyncZpay
 from zpay.domain.errors import ZpayError
 from zpay.mcp.tools import Backend, Refusal, UrlRefused, build_server
-from zpay.services.auth import Role, authenticate
+from zpay.services.auth import Role, authenticate, bearer_token
 from zpay.settings import Settings
-from zpay.webhooks._pinning import PINNED_TARGET_EXTENSION, PinnedTransport
+from zpay.webhooks.pinning import PINNED_TARGET_EXTENSION, PinnedTransport
 from zpay.webhooks.ssrf import UnsafeWebhookUrl, resolve_pinned
 
 MCP_PATH = "/mcp"
@@ -97,14 +97,15 @@ class McpEndpoint:
         except ZpayError as exc:
             await _problem(*problem_for(exc))(scope, receive, send)
             return
-        if principal.role is not Role.AGENT or header is None:
+        token = bearer_token(header)  # never None once authenticated
+        if principal.role is not Role.AGENT or token is None:
             await _problem(*problem(
                 403, "agent_token_required",
                 "the MCP endpoint acts as an agent: use the agent's token (agent_…) or a "
                 "policy session token (as_…), not a merchant's secret key"))(scope, receive, send)
             return
         user = AuthenticatedUser(AccessToken(
-            token=header.partition(" ")[2].strip(), client_id=principal.agent_id or "",
+            token=token, client_id=principal.agent_id or "",
             subject=principal.policy_session_id or principal.agent_id, scopes=[SCOPE]))
         inner: dict[str, Any] = {**scope, "user": user, "auth": AuthCredentials([SCOPE])}
         # Read by the tools (get_access_token) and the in-process transport (_caller).

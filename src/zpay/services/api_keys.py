@@ -72,10 +72,10 @@ async def _new_key(s: AsyncSession, merchant_id: str, name: str | None,
     return key, secret
 
 
-async def _load(s: AsyncSession, principal: Principal, key_id: str) -> ApiKey:
-    key = (await s.execute(select(ApiKey).where(
-        ApiKey.id == key_id, ApiKey.merchant_id == principal.merchant_id)
-        .with_for_update())).scalar()
+async def _load(s: AsyncSession, principal: Principal, key_id: str, *,
+                for_update: bool = True) -> ApiKey:
+    query = select(ApiKey).where(ApiKey.id == key_id, ApiKey.merchant_id == principal.merchant_id)
+    key = (await s.execute(query.with_for_update() if for_update else query)).scalar()
     if key is None:
         raise NotFound(f"no API key {key_id!r}", code="api_key_not_found")
     return key
@@ -115,10 +115,7 @@ async def list_api_keys(ctx: AppContext, principal: Principal, page: Page) -> di
 async def get_api_key(ctx: AppContext, principal: Principal, key_id: str) -> dict[str, Any]:
     principal.require_merchant("manage API keys")
     async with ctx.db.sessions() as s:
-        key = (await s.execute(select(ApiKey).where(
-            ApiKey.id == key_id, ApiKey.merchant_id == principal.merchant_id))).scalar()
-        if key is None:
-            raise NotFound(f"no API key {key_id!r}", code="api_key_not_found")
+        key = await _load(s, principal, key_id, for_update=False)
     return api_key_view(key, ctx.now())
 
 

@@ -49,13 +49,19 @@ def forget_credentials(token_hash: str) -> None:
     del token_hash
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value; None for any other."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
     if not authorization:
         raise Unauthorized("missing Authorization: Bearer <token> header",
                            code="missing_credentials")
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(authorization)
+    if token is None:
         raise Unauthorized("use Authorization: Bearer <token>", code="invalid_credentials")
     kind = tokens.parse_kind(token)
     if kind is None:  # refused before any database lookup

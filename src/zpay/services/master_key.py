@@ -25,11 +25,31 @@ DEFAULT_BATCH = 100
 MAX_BATCH = 10_000
 
 
+@dataclass(frozen=True)
+class _SealedColumns:
+    """Where a table keeps sealed secrets: the row id the secret is bound to, and the
+    columns of its `SealedSecret` (version, wrapped data key, ciphertext)."""
+
+    name: str
+    model: Any
+    id: str
+    version: str
+    wrapped: str
+    ciphertext: str
+
+
+_TABLES = (
+    _SealedColumns("wallet_secrets", WalletSecret, "session_key_id", "key_version",
+                   "wrapped_data_key", "ciphertext"),
+    _SealedColumns("webhook_endpoints", WebhookEndpoint, "id", "secret_key_version",
+                   "secret_wrapped_key", "secret_ciphertext"),
+)
+
+
 @dataclass
 class RotationReport:
     version: int
-    rewrapped: dict[str, int] = field(default_factory=lambda: {"wallet_secrets": 0,
-                                                               "webhook_endpoints": 0})
+    rewrapped: dict[str, int] = field(default_factory=lambda: {t.name: 0 for t in _TABLES})
     batches: int = 0
     remaining: dict[int, int] = field(default_factory=dict)  # older version → rows left
 
@@ -43,7 +63,7 @@ async def remaining_by_version(ctx: AppContext) -> dict[int, int]:
     current = ctx.custody.current_version
     out: dict[int, int] = {}
     async with ctx.db.sessions() as s:
-        for column in (WalletSecret.key_version, WebhookEndpoint.secret_key_version):
+        for column in (getattr(t.model, t.version) for t in _TABLES):
             rows = (await s.execute(select(column, func.count()).where(column != current)
                                     .group_by(column))).all()
             for version, count in rows:
@@ -60,32 +80,20 @@ def _check_versions(ctx: AppContext, remaining: dict[int, int]) -> None:
             f"does not hold; add them as version:base64 and run again")
 
 
-async def _wallet_batch(ctx: AppContext, batch: int) -> int:
+async def _rewrap_batch(ctx: AppContext, table: _SealedColumns, batch: int) -> int:
     current = ctx.custody.current_version
+    model = table.model
     async with ctx.db.transaction() as s:
         rows = (await s.execute(
-            select(WalletSecret).where(WalletSecret.key_version != current)
-            .order_by(WalletSecret.session_key_id).limit(batch)
+            select(model).where(getattr(model, table.version) != current)
+            .order_by(getattr(model, table.id)).limit(batch)
             .with_for_update(skip_locked=True))).scalars().all()
         for row in rows:
-            sealed = ctx.custody.rewrap(row.session_key_id, SealedSecret(
-                row.key_version, row.wrapped_data_key, row.ciphertext))
-            row.key_version, row.wrapped_data_key = sealed.key_version, sealed.wrapped_data_key
-    return len(rows)
-
-
-async def _endpoint_batch(ctx: AppContext, batch: int) -> int:
-    current = ctx.custody.current_version
-    async with ctx.db.transaction() as s:
-        rows = (await s.execute(
-            select(WebhookEndpoint).where(WebhookEndpoint.secret_key_version != current)
-            .order_by(WebhookEndpoint.id).limit(batch)
-            .with_for_update(skip_locked=True))).scalars().all()
-        for row in rows:
-            sealed = ctx.custody.rewrap(row.id, SealedSecret(
-                row.secret_key_version, row.secret_wrapped_key, row.secret_ciphertext))
-            row.secret_key_version = sealed.key_version
-            row.secret_wrapped_key = sealed.wrapped_data_key
+            sealed = ctx.custody.rewrap(getattr(row, table.id), SealedSecret(
+                getattr(row, table.version), getattr(row, table.wrapped),
+                getattr(row, table.ciphertext)))
+            setattr(row, table.version, sealed.key_version)
+            setattr(row, table.wrapped, sealed.wrapped_data_key)
     return len(rows)
 
 
@@ -96,14 +104,12 @@ async def rotate_master(ctx: AppContext, *, batch: int = DEFAULT_BATCH,
         raise ValueError(f"the batch size must be between 1 and {MAX_BATCH}")
     report = RotationReport(version=ctx.custody.current_version)
     _check_versions(ctx, await remaining_by_version(ctx))
-    steps: list[tuple[str, Any]] = [("wallet_secrets", _wallet_batch),
-                                    ("webhook_endpoints", _endpoint_batch)]
-    for name, step in steps:
+    for table in _TABLES:
         while max_batches is None or report.batches < max_batches:
-            done = await step(ctx, batch)
+            done = await _rewrap_batch(ctx, table, batch)
             if not done:
                 break
-            report.rewrapped[name] += done
+            report.rewrapped[table.name] += done
             report.batches += 1
     report.remaining = await remaining_by_version(ctx)
     return report

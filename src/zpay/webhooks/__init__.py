@@ -2,7 +2,8 @@
 
 Merchants verify deliveries with ``zpay.webhooks.verify(payload, headers, secret)``.
 Only signing is imported here, so that call doesn't load the HTTP stack; the
-server side imports ``zpay.webhooks.ssrf``, ``.sender`` and ``.retry`` directly.
+server side imports ``zpay.webhooks.ssrf``, ``.pinning``, ``.sender`` and ``.retry``
+directly.
 """
 
 from zpay.webhooks.signing import (

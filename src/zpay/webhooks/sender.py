@@ -5,7 +5,7 @@ outcome is data (:class:`DeliveryResult`) for the delivery log and the retry
 schedule. Safety properties, each needed because the URL is untrusted:
 
 - the URL is checked again at send time and the connection goes to the
-  checked address (see ``_pinning``), so DNS rebinding cannot redirect it;
+  checked address (see ``pinning``), so DNS rebinding cannot redirect it;
 - redirects are not followed: a 3xx could point anywhere, so it is a failed
   delivery reported with its status;
 - proxies from the environment are ignored: a proxy would resolve the name
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from zpay.webhooks._pinning import PINNED_TARGET_EXTENSION, PinnedTransport
+from zpay.webhooks.pinning import PINNED_TARGET_EXTENSION, PinnedTransport
 from zpay.webhooks.ssrf import Resolver, UnsafeWebhookUrl, resolve_pinned
 
 DEFAULT_MAX_RESPONSE_BYTES: Final = 4096
