@@ -39,7 +39,7 @@ from zpay.services.context import AppContext
 from zpay.services.pagination import Page, page_body
 from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
-from zpay.services.session_keys import load_key, load_secret, token_of
+from zpay.services.session_keys import load_key, load_key_and_secret, token_of
 from zpay.services.sessions import limits_of
 from zpay.services.tenancy import can_see_key, session_scope
 from zpay.services.views import payment_view, session_key_view
@@ -239,8 +239,7 @@ async def _sign(
             lookup = await idempotency.recall(s, principal, idempotency_key, fingerprint, now)
             if lookup.remembered is not None:
                 return lookup.remembered
-        key = await load_key(s, principal, req.session_key_id)
-        secret = await load_secret(ctx, s, key)
+        key, secret = await load_key_and_secret(ctx, s, principal, req.session_key_id)
     adapter = ctx.chains.get(key.chain)
     token = token_of(key, adapter)
     value = parse_amount(req.amount, decimals=token.decimals,
