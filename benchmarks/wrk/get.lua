@@ -1,5 +1,6 @@
 -- wrk script: one GET (path and optional bearer token from args), summary as JSON.
 -- args: <path> [token]
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "summary.lua")
 local path, headers = "/", {}
 
 function init(args)
@@ -9,13 +10,4 @@ end
 
 function request()
   return wrk.format("GET", path, headers)
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"non2xx": %d, "socket_errors": %d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
 end

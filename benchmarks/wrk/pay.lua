@@ -1,6 +1,7 @@
 -- wrk script: POST /v1/payments with a unique Idempotency-Key per request.
 -- args: <file of "session_key_id agent_token" lines> <amount> <recipient> <run prefix>
 -- Each request picks one of the file's keys at random (one line: one hot key).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "summary.lua")
 local counter, keys, amount, recipient, prefix = 0, {}, nil, nil, nil
 local thread_number = 0
 
@@ -28,13 +29,4 @@ function request()
     ["Content-Type"] = "application/json",
     ["Idempotency-Key"] = prefix .. "-" .. thread_id .. "-" .. counter,
   }, body)
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
-    '"non2xx": %d, "socket_errors": %d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
 end
