@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from zpay.domain.ledger import KeyLedger
 from zpay.services.rows import update_row
+from zpay.store.direct import Executor
 from zpay.store.models import SessionKey
 
 
@@ -24,7 +23,7 @@ def book(key: SessionKey, ledger: KeyLedger) -> None:
     key.held_amount, key.refunded_amount = ledger.held, ledger.refunded
 
 
-async def write(s: AsyncSession, key: SessionKey, ledger: KeyLedger, **columns: Any) -> None:
+async def write(s: Executor, key: SessionKey, ledger: KeyLedger, **columns: Any) -> None:
     """Book `ledger` (and any other `columns`) on a key read under its row lock, in one
     UPDATE; `key` (a transient copy of the row) is kept in step for the answer."""
     book(key, ledger)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.services.rows import insert_row
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import Event
 
@@ -32,7 +33,7 @@ def emit(
 
 
 async def write(
-    session: AsyncSession, *, merchant_id: str, type: str, object_type: str, object_id: str,
+    session: Executor, *, merchant_id: str, type: str, object_type: str, object_id: str,
     data: dict[str, Any], now: datetime,
 ) -> None:
     """`emit` in one INSERT statement (the payment hot path, which writes without the ORM's

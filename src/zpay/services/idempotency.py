@@ -18,16 +18,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, delete, select
 
 from zpay.domain.errors import InvalidRequest, ZpayError
 from zpay.domain.money import canonical_amount
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.rows import insert_row
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import IdempotencyRecord
+
+_RECORDS = IdempotencyRecord.__table__
+_RECALL = select(  # built once: each call only binds values (store.direct)
+    _RECORDS.c.request_hash, _RECORDS.c.payment_id, _RECORDS.c.response_body,
+    _RECORDS.c.expires_at,
+).where(_RECORDS.c.merchant_id == bindparam("merchant_id"),
+        _RECORDS.c.principal == bindparam("principal"), _RECORDS.c.key == bindparam("key"))
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,13 @@ class Lookup:
     expired: bool = False
 
 
-async def recall(s: AsyncSession, principal: Principal, key: str, fingerprint: str,
+async def recall(s: Executor, principal: Principal, key: str, fingerprint: str,
                  now: datetime) -> Lookup:
     """What this principal's key already did (one indexed read). Another body under the
     same key is refused. Binding happens in the payment's transaction (`remember`), whose
     unique key decides between two concurrent first uses."""
-    row = (await s.execute(select(
-        IdempotencyRecord.request_hash, IdempotencyRecord.payment_id,
-        IdempotencyRecord.response_body, IdempotencyRecord.expires_at,
-    ).where(IdempotencyRecord.merchant_id == principal.merchant_id,
-            IdempotencyRecord.principal == principal.scope,
-            IdempotencyRecord.key == key))).first()
+    row = (await s.execute(_RECALL, {"merchant_id": principal.merchant_id,
+                                     "principal": principal.scope, "key": key})).first()
     if row is None:
         return Lookup(None)
     if row.expires_at <= now:
@@ -87,7 +90,7 @@ async def recall(s: AsyncSession, principal: Principal, key: str, fingerprint: s
     return Lookup(Remembered(row.payment_id, refusal))
 
 
-async def remember(s: AsyncSession, ctx: AppContext, principal: Principal, key: str,
+async def remember(s: Executor, ctx: AppContext, principal: Principal, key: str,
                    fingerprint: str, *, payment_id: str | None = None,
                    refusal: dict[str, Any] | None = None, replace_expired: bool = False) -> None:
     """Bind the key, in the caller's transaction, to its payment or its refusal. A

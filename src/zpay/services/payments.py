@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +43,7 @@ from zpay.services.session_keys import load_key, load_key_and_secret, token_of
 from zpay.services.sessions import limits_of
 from zpay.services.tenancy import can_see_key, session_scope
 from zpay.services.views import payment_view, session_key_view
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import (
     Agent,
@@ -54,6 +55,16 @@ from zpay.store.models import (
 )
 
 log = logging.getLogger(__name__)
+
+_KEYS, _POLICIES, _PAYMENTS, _TRANSFERS, _AGENTS = (
+    rows.table_of(m) for m in (SessionKey, PolicySession, Payment, ChainTransfer, Agent))
+# The hot path's reads, built once: each call only binds values (store.direct).
+_LOCK_KEY = select(_KEYS).where(_KEYS.c.id == bindparam("id")).with_for_update()
+_LOCK_POLICY = select(_POLICIES).where(_POLICIES.c.id == bindparam("id")).with_for_update()
+_AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
+_LOCK_PAYMENT_OF_TRANSFER = select(_PAYMENTS).where(
+    _PAYMENTS.c.id == select(_TRANSFERS.c.subject_id)
+    .where(_TRANSFERS.c.id == bindparam("transfer_id")).scalar_subquery()).with_for_update()
 
 
 class PaymentRequest(Request):
@@ -84,7 +95,7 @@ class PaymentForm:
 
     kind: str = "payment"
     prepare: Callable[..., Awaitable[PreparedTransfer]] | None = None
-    recorded: Callable[[AsyncSession, Payment, SessionKey, str], Awaitable[None]] | None = None
+    recorded: Callable[[Executor, Payment, SessionKey, str], Awaitable[None]] | None = None
 
 
 async def authorize_signed(
@@ -234,12 +245,12 @@ async def _sign(
 ) -> idempotency.Remembered | _Pending:
     now = ctx.now()
     lookup = idempotency.Lookup(None)
-    async with ctx.db.sessions() as s:
+    async with ctx.db.hot_reads() as x:
         if idempotency_key is not None:
-            lookup = await idempotency.recall(s, principal, idempotency_key, fingerprint, now)
+            lookup = await idempotency.recall(x, principal, idempotency_key, fingerprint, now)
             if lookup.remembered is not None:
                 return lookup.remembered
-        key, secret = await load_key_and_secret(ctx, s, principal, req.session_key_id)
+        key, secret = await load_key_and_secret(ctx, x, principal, req.session_key_id)
     adapter = ctx.chains.get(key.chain)
     token = token_of(key, adapter)
     value = parse_amount(req.amount, decimals=token.decimals,
@@ -286,7 +297,7 @@ async def _authorize_batch(ctx: AppContext, key_id: str,
     before it left, every row written, the key's and the policy's totals written once."""
     now = ctx.now()
     outcomes: list[_Outcome] = []
-    async with ctx.db.transaction() as s:
+    async with ctx.db.hot_transaction() as s:
         key = await _locked_key(s, key_id)
         policy_row = await _lock_policy(s, key.policy_session_id)
         limits = totals = None
@@ -319,8 +330,8 @@ async def _authorize_batch(ctx: AppContext, key_id: str,
             if refusal is None and key.agent_id is not None and (
                     p.principal.agent_id != key.agent_id):
                 if agent_active is None:
-                    agent_active = (await s.execute(select(Agent.status).where(
-                        Agent.id == key.agent_id))).scalar() == "active"
+                    agent_active = (await s.execute(
+                        _AGENT_STATUS, {"id": key.agent_id})).scalar() == "active"
                 if not agent_active:
                     refusal = Reason.AGENT_FROZEN
             await rows.insert_row(s, PaymentAttempt, dict(
@@ -488,11 +499,10 @@ def _columns(row: Any) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
 
 
-async def _locked_key(s: AsyncSession, key_id: str) -> SessionKey:
+async def _locked_key(s: Executor, key_id: str) -> SessionKey:
     """The key's row under its lock, as a transient copy: the hot path writes with single
     statements (books.write), never through the ORM's unit of work."""
-    row = (await s.execute(select(SessionKey.__table__).where(SessionKey.id == key_id)
-                           .with_for_update())).one()
+    row = (await s.execute(_LOCK_KEY, {"id": key_id})).one()
     return SessionKey(**row._mapping)
 
 
@@ -522,15 +532,15 @@ async def _lock_payment(s: AsyncSession, payment_id: str) -> Payment:
                             )).scalar_one()
 
 
-async def _lock_policy(s: AsyncSession, policy_session_id: str | None) -> PolicySession | None:
+async def _lock_policy(s: Executor, policy_session_id: str | None) -> PolicySession | None:
+    """The policy session's row under its lock, as a transient copy (see `_locked_key`)."""
     if policy_session_id is None:
         return None
-    return (await s.execute(select(PolicySession).where(
-        PolicySession.id == policy_session_id).with_for_update()
-        .execution_options(populate_existing=True))).scalar_one()
+    row = (await s.execute(_LOCK_POLICY, {"id": policy_session_id})).one()
+    return PolicySession(**row._mapping)
 
 
-async def _release(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment: Payment,
+async def _release(s: Executor, key: SessionKey, ledger: KeyLedger, payment: Payment,
                    code: str, now: datetime) -> KeyLedger:
     """Its transfer can never land: the hold goes back (in the returned ledger, which the
     caller books), and the policy's windows and total stop counting it (under the key's
@@ -550,7 +560,7 @@ async def _release(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment:
     return ledger
 
 
-async def _capture(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment: Payment,
+async def _capture(s: Executor, key: SessionKey, ledger: KeyLedger, payment: Payment,
                    tx_id: str | None, now: datetime) -> KeyLedger:
     if payment.status == PaymentStatus.FAILED:
         # Released, yet its transfer landed after all: the chain is the truth.
@@ -574,7 +584,7 @@ async def _capture(s: AsyncSession, key: SessionKey, ledger: KeyLedger, payment:
     return ledger
 
 
-async def _book_settled(s: AsyncSession, key: SessionKey, ledger: KeyLedger, captured: int,
+async def _book_settled(s: Executor, key: SessionKey, ledger: KeyLedger, captured: int,
                         now: datetime) -> None:
     """Write the key once for every settlement of its transaction."""
     exhausted = (key.status == KeyStatus.ACTIVE and ledger.remaining == 0
@@ -600,12 +610,10 @@ def _failure_code(payment_id: str, status: TransferStatus) -> str:
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-async def _locked_payment_of(s: AsyncSession, transfer_id: str) -> Payment:
+async def _locked_payment_of(s: Executor, transfer_id: str) -> Payment:
     """A transfer's payment under its row lock (the key's is taken first), as a transient
     copy (written with single statements)."""
-    row = (await s.execute(select(Payment.__table__).where(
-        Payment.id == select(ChainTransfer.subject_id)
-        .where(ChainTransfer.id == transfer_id).scalar_subquery()).with_for_update())).one()
+    row = (await s.execute(_LOCK_PAYMENT_OF_TRANSFER, {"transfer_id": transfer_id})).one()
     return Payment(**row._mapping)
 
 
@@ -626,7 +634,7 @@ async def _settle_batch(ctx: AppContext, key_id: str,
     key locked and written once, each payment captured or released in order."""
     now = ctx.now()
     views = []
-    async with ctx.db.transaction() as s:
+    async with ctx.db.hot_transaction() as s:
         key = await _locked_key(s, key_id)
         ledger, captured = ledger_of(key), 0
         for transfer_id, status in batch:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert, Update
+
+from zpay.store.direct import Executor
 
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
@@ -21,7 +22,7 @@ def table_of(model: Any) -> Table:
     return cast(Table, model.__table__)
 
 
-async def insert_row(s: AsyncSession, model: Any, values: dict[str, Any]) -> None:
+async def insert_row(s: Executor, model: Any, values: dict[str, Any]) -> None:
     table = table_of(model)
     stmt = _INSERTS.get(table.name)
     if stmt is None:
@@ -29,7 +30,7 @@ async def insert_row(s: AsyncSession, model: Any, values: dict[str, Any]) -> Non
     await s.execute(stmt, values)
 
 
-async def update_row(s: AsyncSession, model: Any, row_id: str, values: dict[str, Any]) -> None:
+async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any]) -> None:
     """UPDATE one row by its id; `values` are the columns to set."""
     table = table_of(model)
     shape = (table.name, tuple(sorted(values)))

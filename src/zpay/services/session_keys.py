@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import ChainAdapter, ChainError, TokenInfo
@@ -25,9 +25,11 @@ from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
-from zpay.services.sessions import load_session, policy_state, resolve_expiry
-from zpay.services.tenancy import fetch_owned, session_scope, visible
+from zpay.services.rows import table_of
+from zpay.services.sessions import load_session, policy_state, read_session, resolve_expiry
+from zpay.services.tenancy import copy_owned, fetch_owned, visible
 from zpay.services.views import amount, attempt_view, session_key_view
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import Approval, PaymentAttempt, SessionKey, WalletSecret
 
@@ -63,6 +65,11 @@ async def load_key(s: AsyncSession, principal: Principal, key_id: str,
     return _owned_key(principal, key_id, key)
 
 
+async def read_key(x: Executor, principal: Principal, key_id: str) -> SessionKey:
+    """`load_key` on the hot path's executors, as a transient copy."""
+    return _owned_key(principal, key_id, await copy_owned(x, SessionKey, key_id, principal))
+
+
 def _owned_key(principal: Principal, key_id: str, key: SessionKey | None) -> SessionKey:
     if key is None or (principal.agent_id is not None and key.agent_id != principal.agent_id) or (
         principal.policy_session_id is not None
@@ -78,17 +85,32 @@ async def load_secret(ctx: AppContext, s: AsyncSession, key: SessionKey) -> byte
     return _open_secret(ctx, key, row)
 
 
-async def load_key_and_secret(ctx: AppContext, s: AsyncSession, principal: Principal,
+_KEYS, _SECRETS = table_of(SessionKey), table_of(WalletSecret)
+_KEY_AND_SECRET = select(  # built once: each call only binds values (store.direct)
+    _KEYS, _SECRETS.c.key_version.label("secret_key_version"),
+    _SECRETS.c.wrapped_data_key.label("secret_wrapped_data_key"),
+    _SECRETS.c.ciphertext.label("secret_ciphertext"),
+).outerjoin(_SECRETS, _SECRETS.c.session_key_id == _KEYS.c.id).where(
+    _KEYS.c.id == bindparam("id"), _KEYS.c.merchant_id == bindparam("merchant_id"))
+_KEY_AND_SECRET_IN_SESSION = _KEY_AND_SECRET.where(
+    _KEYS.c.policy_session_id == bindparam("scope"))
+
+
+async def load_key_and_secret(ctx: AppContext, x: Executor, principal: Principal,
                               key_id: str) -> tuple[SessionKey, bytes]:
-    """`load_key` then `load_secret`, in one round trip (a payment's signing step)."""
-    row = (await s.execute(
-        select(SessionKey, WalletSecret)
-        .outerjoin(WalletSecret, WalletSecret.session_key_id == SessionKey.id)
-        .where(SessionKey.id == key_id, SessionKey.merchant_id == principal.merchant_id,
-               *session_scope(SessionKey, principal)))).first()
-    key = _owned_key(principal, key_id, None if row is None else row[0])
-    assert row is not None and row[1] is not None
-    return key, _open_secret(ctx, key, row[1])
+    """`read_key` then `load_secret`, in one round trip (a payment's signing step)."""
+    scoped = principal.policy_session_id is not None
+    row = (await x.execute(_KEY_AND_SECRET_IN_SESSION if scoped else _KEY_AND_SECRET, {
+        "id": key_id, "merchant_id": principal.merchant_id,
+        "scope": principal.policy_session_id})).first()
+    if row is None:
+        raise NotFound(f"no session key {key_id!r}", code="session_key_not_found")
+    values = dict(row._mapping)
+    secret = {name: values.pop(f"secret_{name}")
+              for name in ("key_version", "wrapped_data_key", "ciphertext")}
+    key = _owned_key(principal, key_id, SessionKey(**values))
+    assert secret["ciphertext"] is not None
+    return key, ctx.custody.open(key.id, SealedSecret(**secret))
 
 
 def _open_secret(ctx: AppContext, key: SessionKey, row: WalletSecret) -> bytes:
@@ -262,16 +284,16 @@ async def can_afford(ctx: AppContext, principal: Principal, key_id: str,
                      amount_text: str, recipient: str | None = None) -> dict[str, Any]:
     """Authorization step 1 without writing a hold."""
     now = ctx.now()
-    async with ctx.db.sessions() as s:
-        key = await load_key(s, principal, key_id)
+    async with ctx.db.hot_reads() as x:
+        key = await read_key(x, principal, key_id)
         adapter = ctx.chains.get(key.chain)
         token = token_of(key, adapter)
         value = parse_amount(amount_text, decimals=token.decimals,
                              max_base_units=token.max_base_units)
         policy = None
         if key.policy_session_id is not None:
-            row = await load_session(s, principal, key.policy_session_id)
-            policy = await policy_state(s, row, now)
+            row = await read_session(x, principal, key.policy_session_id)
+            policy = await policy_state(x, row, now)
     target = adapter.validate_address(recipient) if recipient else None
     if target is not None:
         check_recipient(adapter, session_wallet=key.address, token=token, recipient=target)

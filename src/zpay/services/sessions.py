@@ -23,8 +23,9 @@ from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.recipients import validate_allowed_recipients
 from zpay.services.requests import Request
-from zpay.services.tenancy import fetch_owned, visible
+from zpay.services.tenancy import copy_owned, fetch_owned, visible
 from zpay.services.views import amount, policy_session_view, ts
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import Merchant, PolicySession, SessionKey
 
@@ -90,7 +91,7 @@ def limits_of(s: PolicySession) -> PolicyLimits:
     )
 
 
-async def policy_state(s: AsyncSession, policy: PolicySession, now: datetime,
+async def policy_state(s: Executor, policy: PolicySession, now: datetime,
                        totals: dict[Window, RunningTotal] | None = None) -> PolicyState:
     """The session as the policy check reads it at `now`. Its windows come from the running
     totals on its row (services.windows): the cost does not grow with its history.
@@ -105,7 +106,18 @@ async def policy_state(s: AsyncSession, policy: PolicySession, now: datetime,
 
 async def load_session(s: AsyncSession, principal: Principal, session_id: str,
                        *, lock: bool = False) -> PolicySession:
-    row = await fetch_owned(s, PolicySession, session_id, principal, lock=lock)
+    return _owned_session(principal, session_id,
+                          await fetch_owned(s, PolicySession, session_id, principal, lock=lock))
+
+
+async def read_session(x: Executor, principal: Principal, session_id: str) -> PolicySession:
+    """`load_session` on the hot path's executors, as a transient copy."""
+    return _owned_session(principal, session_id,
+                          await copy_owned(x, PolicySession, session_id, principal))
+
+
+def _owned_session(principal: Principal, session_id: str,
+                   row: PolicySession | None) -> PolicySession:
     if row is None or (principal.agent_id is not None and row.agent_id != principal.agent_id):
         raise NotFound(f"no session {session_id!r}", code="session_not_found")
     return row

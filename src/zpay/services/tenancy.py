@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.services.auth import Principal
+from zpay.store.direct import Executor
 from zpay.store.models import PolicySession, SessionKey
 
 M = TypeVar("M")
@@ -25,6 +26,35 @@ async def fetch_owned(s: AsyncSession, model: type[M], row_id: str, principal: P
     return (await s.execute(stmt)).scalar()
 
 
+async def copy_owned(x: Executor, model: type[M], row_id: str, principal: Principal,
+                     *, lock: bool = False) -> M | None:
+    """`fetch_owned` with one Core statement (either unit of work of the payment hot path),
+    as a transient copy: read, or written back with single statements (services.rows)."""
+    row = (await x.execute(_copy_statement(model, lock, principal.policy_session_id is not None),
+                           {"id": row_id, "merchant_id": principal.merchant_id,
+                            "scope": principal.policy_session_id})).first()
+    return None if row is None else model(**row._mapping)
+
+
+_COPY_STATEMENTS: dict[tuple[Any, bool, bool], Select[Any]] = {}
+
+
+def _copy_statement(model: Any, lock: bool, scoped: bool) -> Select[Any]:
+    """Built once per (model, lock, scoped): each call only binds values (store.direct)."""
+    stmt = _COPY_STATEMENTS.get((model, lock, scoped))
+    if stmt is None:
+        table = model.__table__
+        stmt = select(table).where(table.c.id == bindparam("id"),
+                                   table.c.merchant_id == bindparam("merchant_id"))
+        column = _scoped_column(model)
+        if scoped and column is not None:
+            stmt = stmt.where(table.c[column.key] == bindparam("scope"))
+        if lock:
+            stmt = stmt.with_for_update()
+        _COPY_STATEMENTS[(model, lock, scoped)] = stmt
+    return stmt
+
+
 def visible(model: Any, principal: Principal) -> Select[Any]:
     """SELECT of the rows `principal` may list: its merchant's, an agent's own only, and for
     a policy-session token only what it can act on (see `session_scope`)."""
@@ -40,14 +70,19 @@ def session_scope(model: Any, principal: Principal) -> tuple[Any, ...]:
     own session: that session itself, and the session keys linked to it (hence their
     payments and attempts). Other models are not narrowed here (their services decide:
     merchant-only resources refuse agent tokens outright)."""
-    session_id = principal.policy_session_id
-    if session_id is None:
+    session_id, column = principal.policy_session_id, _scoped_column(model)
+    if session_id is None or column is None:
         return ()
+    return (column == session_id,)
+
+
+def _scoped_column(model: Any) -> Any:
+    """The column a policy-session token narrows `model` by (None: not narrowed here)."""
     if model is PolicySession:
-        return (PolicySession.id == session_id,)
+        return PolicySession.id
     if model is SessionKey:
-        return (SessionKey.policy_session_id == session_id,)
-    return ()
+        return SessionKey.policy_session_id
+    return None
 
 
 def can_see_key(key: SessionKey, principal: Principal) -> bool:

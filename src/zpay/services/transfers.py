@@ -15,7 +15,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import (
@@ -27,6 +27,7 @@ from zpay.chains.protocol import (
     TransferStatus,
 )
 from zpay.services.rows import insert_row, table_of
+from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import ChainTransfer, SessionKey
 
@@ -46,7 +47,7 @@ def record(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str,
     return transfer
 
 
-async def insert(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str,
+async def insert(s: Executor, *, key: SessionKey, kind: str, subject_id: str,
                  prepared: PreparedTransfer, amount: int, now: datetime) -> str:
     """`record` in one INSERT statement (the payment hot path); returns the transfer's id."""
     transfer_id = new_id("xfer")
@@ -58,22 +59,34 @@ async def insert(s: AsyncSession, *, key: SessionKey, kind: str, subject_id: str
     return transfer_id
 
 
-async def conclude_row(s: AsyncSession, transfer_id: str, status: TransferStatus,
+async def conclude_row(s: Executor, transfer_id: str, status: TransferStatus,
                        code: str | None, now: datetime) -> ChainTransfer | None:
     """`conclude` in one conditional UPDATE: the transfer as concluded, or None if it was
     already final (another process concluded it) or the answer is not final."""
     if status.state is TransferState.CONFIRMED:
-        values: dict[str, Any] = {"status": CONFIRMED,
-                                  "tx_id": status.tx_id or table_of(ChainTransfer).c.reference}
+        row = (await s.execute(_CONFIRM, {"transfer_id": transfer_id, "now": now,
+                                          "confirmed_tx_id": status.tx_id})).first()
     elif status.state is TransferState.FAILED:
-        values = {"status": FAILED, "failure_code": code}
+        row = (await s.execute(_FAIL, {"transfer_id": transfer_id, "now": now,
+                                       "code": code})).first()
     else:
         return None
-    table = table_of(ChainTransfer)
-    row = (await s.execute(update(table).where(
-        table.c.id == transfer_id, table.c.status == PENDING)
-        .values(updated_at=now, **values).returning(*table.columns))).first()
     return None if row is None else ChainTransfer(**row._mapping)
+
+
+def _conclude(**values: Any) -> Any:
+    table = table_of(ChainTransfer)
+    return (update(table).where(table.c.id == bindparam("transfer_id"),
+                                table.c.status == PENDING)
+            .values(updated_at=bindparam("now", type_=table.c.updated_at.type), **values)
+            .returning(*table.columns))
+
+
+# Built once: each call only binds values (store.direct). A confirmation without a tx id
+# keeps the transfer's reference (what zpay sent is what landed).
+_CONFIRM = _conclude(status=CONFIRMED, tx_id=func.coalesce(
+    bindparam("confirmed_tx_id", type_=String), table_of(ChainTransfer).c.reference))
+_FAIL = _conclude(status=FAILED, failure_code=bindparam("code", type_=String))
 
 
 async def lock_key_of(s: AsyncSession, transfer_id: str) -> SessionKey:

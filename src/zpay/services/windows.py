@@ -31,10 +31,17 @@ from zpay.domain.windows import (
     move_totals,
     with_spend,
 )
-from zpay.services.rows import update_row
+from zpay.services.rows import table_of, update_row
+from zpay.store.direct import Executor
 from zpay.store.models import Payment, PolicySession
 
 _COUNTED = [status.value for status in COUNTED]
+_PAYMENTS, _POLICIES = table_of(Payment), table_of(PolicySession)
+
+
+def _counted() -> Any:
+    # Not `IN (…)`: an expanding parameter has no fixed shape for the direct executor.
+    return or_(*(_PAYMENTS.c.status == status for status in _COUNTED))
 
 
 def running_totals(policy: Any) -> dict[Window, RunningTotal]:
@@ -43,7 +50,7 @@ def running_totals(policy: Any) -> dict[Window, RunningTotal]:
             for w in Window}
 
 
-async def totals_at(s: AsyncSession | AsyncConnection, policy_id: str,
+async def totals_at(s: Executor, policy_id: str,
                     stored: dict[Window, RunningTotal], spec: WindowSpec,
                     now: datetime) -> dict[Window, RunningTotal]:
     """Each window moved to its start at `now`: one indexed read of the payments that
@@ -53,14 +60,14 @@ async def totals_at(s: AsyncSession | AsyncConnection, policy_id: str,
     crossed: list[tuple[datetime, int]] = []
     if spans:
         crossed = [(at, amount) for at, amount in await s.execute(
-            select(Payment.created_at, Payment.amount).where(
-                Payment.policy_session_id == policy_id, Payment.status.in_(_COUNTED),
-                or_(*(and_(Payment.created_at >= lo, Payment.created_at < hi)
+            select(_PAYMENTS.c.created_at, _PAYMENTS.c.amount).where(
+                _PAYMENTS.c.policy_session_id == policy_id, _counted(),
+                or_(*(and_(_PAYMENTS.c.created_at >= lo, _PAYMENTS.c.created_at < hi)
                       for lo, hi, _sign in spans.values()))))]
     return move_totals(stored, starts, crossed)
 
 
-async def moved(s: AsyncSession, policy: PolicySession, spec: WindowSpec,
+async def moved(s: Executor, policy: PolicySession, spec: WindowSpec,
                 now: datetime) -> dict[Window, RunningTotal]:
     """A session's stored totals moved to `now` (see `totals_at`)."""
     return await totals_at(s, policy.id, running_totals(policy), spec, now)
@@ -74,11 +81,10 @@ def values(totals: dict[Window, RunningTotal]) -> dict[str, Any]:
     return out
 
 
-async def book_payment(s: AsyncSession, policy_id: str, amount: int, at: datetime) -> None:
+async def book_payment(s: Executor, policy_id: str, amount: int, at: datetime) -> None:
     """Under the session's row lock: a payment created at `at` enters (`amount` > 0: a late
     capture of a released one) or leaves (< 0: released) what the windows count."""
-    policy = (await s.execute(select(PolicySession).where(PolicySession.id == policy_id)
-                              .execution_options(populate_existing=True))).scalar_one()
+    policy = (await s.execute(select(_POLICIES).where(_POLICIES.c.id == policy_id))).one()
     totals = with_spend(running_totals(policy), amount, at)
     # Computed here, not in SQL: on SQLite money columns are padded text (store.types).
     await update_row(s, PolicySession, policy_id, dict(

@@ -23,7 +23,6 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import (
     ChainAdapter,
@@ -44,6 +43,7 @@ from zpay.services.context import AppContext
 from zpay.services.requests import Request
 from zpay.services.session_keys import load_key, token_of
 from zpay.services.views import payment_view, ts
+from zpay.store.direct import Executor
 from zpay.store.models import ChainTransfer, Payment, SessionKey
 from zpay.store.x402_models import X402Payment
 
@@ -152,7 +152,7 @@ async def create_x402_payment(ctx: AppContext, principal: Principal, req: X402Pa
             reference_seed=f"{key.id}:{payment_id}"))
         return signed[-1].prepared
 
-    async def recorded(s: AsyncSession, payment: Payment, key: SessionKey,
+    async def recorded(s: Executor, payment: Payment, key: SessionKey,
                        transfer_id: str) -> None:
         header.append(x402.payment_header(required, requirement, signed[-1].payload))
         await s.execute(insert(X402Payment).values(

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from zpay.store.direct import Executor, direct_connection
+
 
 class NotMigrated(RuntimeError):
     pass
@@ -87,6 +89,28 @@ class Database:
         # which polls with sleeps of up to 100 ms. Other processes still wait on the file lock.
         async with self._write_lock, self._writers() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def hot_transaction(self) -> AsyncIterator[Executor]:
+        """The payment hot path's unit of work, for Core statements only: on PostgreSQL
+        straight on asyncpg (store.direct), elsewhere `transaction()`."""
+        if self.dialect != "postgresql":
+            async with self.transaction() as session:
+                yield session
+            return
+        async with direct_connection(self.engine, transaction=True) as executor:
+            yield executor
+
+    @asynccontextmanager
+    async def hot_reads(self) -> AsyncIterator[Executor]:
+        """Reads of the hot path (Core statements), each its own snapshot as at READ
+        COMMITTED: on PostgreSQL straight on asyncpg without a transaction."""
+        if self.dialect != "postgresql":
+            async with self.sessions() as session:
+                yield session
+            return
+        async with direct_connection(self.engine, transaction=False) as executor:
+            yield executor
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:

@@ -1,0 +1,236 @@
+"""Core statements run straight on asyncpg: the payment hot path's executor on PostgreSQL.
+
+SQLAlchemy's async engine costs about 0.5 ms of CPU per statement on this kind of machine
+(greenlet hops, its execution context, a BEGIN round trip even for a read) — measured
+(benchmarks/hot_path.py) as more than half of a payment's server time, against ~0.1 ms for
+asyncpg itself. `DirectExecutor` runs the same Core statements on the same pooled
+connections, without that machinery:
+
+- each statement shape is compiled ONCE by SQLAlchemy's own compiler for the asyncpg
+  dialect (its cache key, as SQLAlchemy's own statement cache uses), and its values go
+  through the columns' own type processors (money as `BaseUnits`, times as `UtcDateTime`),
+  so what is written and read is exactly what the ORM path writes and reads;
+- results answer like SQLAlchemy's (`one`, `first`, `scalar`, `scalar_one`, `scalars`,
+  `all`, iteration; rows by attribute and `_mapping`) and errors are SQLAlchemy's
+  (`IntegrityError`, `DBAPIError`), so the services cannot tell the two executors apart;
+- reads outside a transaction run as single statements (no BEGIN/ROLLBACK: at READ
+  COMMITTED each statement takes its own snapshot either way).
+
+Only Core statements: an ORM entity select would answer columns where a caller expects
+objects, so it is refused. On SQLite the hot path keeps SQLAlchemy's session (the single
+writer is the limit there, not the driver).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.selectable import Select
+
+_DIALECT: Dialect = asyncpg_dialect()
+_NUMERIC_OID = 1700
+_MAX_SHAPES = 2000  # statement shapes; more means statements are built with inlined values
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # bound parameters in positional order
+    bind: tuple[Callable[[Any], Any] | None, ...]
+    defaults: dict[str, Any]  # INSERT columns with a Python-side scalar default
+    row: type[tuple[Any, ...]] | None  # None: no rows (the answer is a row count)
+    results: tuple[Callable[[Any], Any] | None, ...]
+    compiled: Any
+
+
+def _bind_processor(type_: Any) -> Callable[[Any], Any] | None:
+    return type_.dialect_impl(_DIALECT).bind_processor(_DIALECT)  # type: ignore[no-any-return]
+
+
+def _result_processor(type_: Any) -> Callable[[Any], Any] | None:
+    impl = type_.dialect_impl(_DIALECT)
+    inner = getattr(impl, "impl_instance", impl)
+    numeric = isinstance(inner, sqltypes.Numeric) and not isinstance(inner, sqltypes.Float)
+    return impl.result_processor(_DIALECT, _NUMERIC_OID if numeric else None)  # type: ignore[no-any-return]
+
+
+def _row_class(names: Sequence[str]) -> type[tuple[Any, ...]]:
+    base = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    fields = tuple(names)
+
+    class Row(base):  # type: ignore[valid-type, misc]
+        __slots__ = ()
+
+        @property
+        def _mapping(self) -> dict[str, Any]:
+            return dict(zip(fields, self, strict=True))
+
+    return Row
+
+
+def _compile(stmt: Executable, column_keys: tuple[str, ...] | None, cache_key: Any) -> _Compiled:
+    if not isinstance(stmt, ClauseElement):
+        raise TypeError(f"not a Core statement: {stmt!r}")
+    if isinstance(stmt, Select) and any(
+            isinstance(d.get("expr"), type) for d in stmt.column_descriptions):
+        raise TypeError("the direct executor answers rows, not ORM objects: select the "
+                        "table (Model.__table__) or columns, not the mapped class")
+    compiled: Any = stmt.compile(dialect=_DIALECT, column_keys=list(column_keys or ()) or None,
+                            cache_key=cache_key)
+    if "__[POSTCOMPILE_" in str(compiled):
+        raise TypeError("expanding parameters (IN with a list) have no fixed shape: "
+                        "spell the condition out")
+    names = tuple(compiled.positiontup or ())
+    bind = tuple(_bind_processor(compiled.binds[name].type) for name in names)
+    defaults: dict[str, Any] = {}
+    if isinstance(stmt, Insert):
+        for column in stmt.table.columns:  # type: ignore[attr-defined]
+            default = column.default
+            if default is not None and default.is_scalar and column.key in names:
+                defaults[column.key] = default.arg
+    columns: list[Any] = []
+    if isinstance(stmt, Select):
+        columns = list(stmt.selected_columns)
+    elif isinstance(stmt, UpdateBase) and stmt._returning:
+        columns = list(stmt.exported_columns)
+    row = _row_class([c.key if c.key is not None else f"c{i}" for i, c in enumerate(columns)]
+                     ) if columns else None
+    results = tuple(_result_processor(c.type) for c in columns)
+    return _Compiled(str(compiled), names, bind, defaults, row, results, compiled)
+
+
+class DirectResult:
+    """A SQLAlchemy-like result over fetched rows (or a row count)."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self.rowcount = rows, rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise (sa_exc.NoResultFound("No row was found when one was required")
+                   if not self._rows else
+                   sa_exc.MultipleResultsFound("Multiple rows were found when one was required"))
+        return self._rows[0]
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise sa_exc.MultipleResultsFound("Multiple rows were found when one was required")
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> DirectResult:
+        return DirectResult([row[0] for row in self._rows], self.rowcount)
+
+
+_COUNT = re.compile(r"(\d+)$")
+
+
+class DirectExecutor:
+    """`execute(statement, params)` on one asyncpg connection (see the module's note)."""
+
+    _shapes: dict[Any, _Compiled] = {}
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    @classmethod
+    def _compiled(cls, stmt: Executable, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
+        key = stmt._generate_cache_key()  # type: ignore[attr-defined]
+        if key is None:
+            raise TypeError(f"this statement cannot be cached: {stmt!r}")
+        column_keys = tuple(sorted(params)) if isinstance(stmt, Insert) and params else None
+        shape = (key.key, column_keys)
+        compiled = cls._shapes.get(shape)
+        if compiled is None:
+            if len(cls._shapes) >= _MAX_SHAPES:
+                cls._shapes.clear()  # a runaway of shapes must not grow without bound
+            compiled = cls._shapes[shape] = _compile(stmt, column_keys, key)
+        return compiled, key
+
+    async def execute(self, stmt: Executable, params: Mapping[str, Any] | None = None
+                      ) -> DirectResult:
+        params = params or {}
+        compiled, key = self._compiled(stmt, params)
+        values = compiled.compiled.construct_params(
+            {**compiled.defaults, **params}, extracted_parameters=key.bindparams)
+        args = [value if process is None or value is None else process(value)
+                for value, process in zip((values[n] for n in compiled.names), compiled.bind,
+                                          strict=True)]
+        try:
+            if compiled.row is None:
+                status = await self._connection.execute(compiled.sql, *args)
+                match = _COUNT.search(status or "")
+                return DirectResult([], int(match.group(1)) if match else -1)
+            records = await self._connection.fetch(compiled.sql, *args)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise sa_exc.IntegrityError(compiled.sql, args, exc) from exc
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise
+            raise sa_exc.DBAPIError(compiled.sql, args, exc) from exc
+        row, results = compiled.row, compiled.results
+        rows = [row(*(v if p is None or v is None else p(v)
+                      for v, p in zip(record, results, strict=True))) for record in records]
+        return DirectResult(rows, len(rows))
+
+
+@asynccontextmanager
+async def direct_connection(engine: AsyncEngine, *, transaction: bool
+                            ) -> AsyncIterator[DirectExecutor]:
+    """A pooled connection of `engine` driven directly; in one transaction (committed on
+    success, rolled back on any error) when `transaction`."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+        if not transaction:
+            yield DirectExecutor(driver)
+            return
+        tx = driver.transaction()
+        await tx.start()
+        try:
+            yield DirectExecutor(driver)
+            await tx.commit()
+        except BaseException:
+            if not driver.is_closed() and driver.is_in_transaction():
+                await tx.rollback()
+            raise
+        finally:
+            # SQLAlchemy's pool knows nothing of this transaction: a connection still in
+            # one (a rollback that was itself cancelled) must never be handed out again.
+            if not driver.is_closed() and driver.is_in_transaction():
+                raw.invalidate()
+
+
+class Executor(Protocol):
+    """What the hot path needs of a unit of work: SQLAlchemy's `AsyncSession` (SQLite) or
+    a `DirectExecutor` (PostgreSQL)."""
+
+    async def execute(self, statement: Any, params: Any = None, /) -> Any: ...
