@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.domain import tokens
 from zpay.domain.errors import Conflict, InvalidRequest, NotFound
-from zpay.services.auth import Principal, forget_credentials
+from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.pagination import Page, page_body
 from zpay.services.views import ts
@@ -131,7 +131,6 @@ async def revoke_api_key(ctx: AppContext, principal: Principal, key_id: str) -> 
                 raise Conflict("this is the merchant's last usable API key; create another "
                                "one first", code="last_api_key")
             key.revoked_at = now
-    forget_credentials(key.token_hash)
     return api_key_view(key, now)
 
 
@@ -157,6 +156,5 @@ async def roll_api_key(ctx: AppContext, principal: Principal, key_id: str,
         else:
             ends = now + timedelta(seconds=overlap)
             old.expires_at = ends if old.expires_at is None else min(old.expires_at, ends)
-    forget_credentials(old.token_hash)
     return {**api_key_view(new, now, secret=secret),
             "rolled_from": api_key_view(old, now)}

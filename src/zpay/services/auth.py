@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import bindparam, select
 
 from zpay.domain import tokens
 from zpay.domain.errors import Forbidden, Unauthorized
 from zpay.services.context import AppContext
+from zpay.services.credential_cache import cache_of
+from zpay.store.direct import Executor
 from zpay.store.models import Agent, ApiKey, PolicySession
 
 _API_KEYS, _AGENTS, _POLICIES = (m.__table__ for m in (ApiKey, Agent, PolicySession))
@@ -53,14 +56,6 @@ class Principal:
                             code="merchant_key_required")
 
 
-def forget_credentials(token_hash: str) -> None:
-    """Called when a credential stops being valid before its natural end (an API key
-    revoked or rolled): whatever remembers authentications must drop this token hash, so
-    the next call with it is refused. Nothing is remembered today: every call reads the
-    database."""
-    del token_hash
-
-
 def bearer_token(authorization: str | None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header value; None for any other."""
     scheme, _, token = (authorization or "").partition(" ")
@@ -79,34 +74,46 @@ async def authenticate(ctx: AppContext, authorization: str | None) -> Principal:
     if kind is None:  # refused before any database lookup
         raise Unauthorized("malformed token", code="invalid_credentials")
     digest = tokens.token_hash(token)
-    # One indexed read of the columns that decide (the hot path's executor: every call
-    # reads the database, so revocation, rotation and freezing hold at once everywhere).
+    now = ctx.now()
+    cache = cache_of(ctx.db)
+    principal = cache.get(digest, now)
+    if principal is not None:
+        return principal
+    generation = cache.generation
+    # One indexed read of the columns that decide.
     async with ctx.db.hot_reads() as x:
-        if kind == "sk":
-            key = (await x.execute(_API_KEY_BY_HASH, {"h": digest})).first()
-            if key is None or key.revoked_at is not None:
-                raise Unauthorized("unknown or revoked API key", code="invalid_credentials")
-            if key.expires_at is not None and ctx.now() >= key.expires_at:  # rolled
-                raise Unauthorized("this API key has expired", code="token_expired")
-            return Principal(key.merchant_id, Role.MERCHANT)
-        if kind == "agent":
-            agent = (await x.execute(_AGENT_BY_HASH, {"h": digest})).first()
-            if agent is None or agent.status == "deleted":
-                raise Unauthorized("unknown agent token", code="invalid_credentials")
-            if agent.status == "frozen":
-                raise Unauthorized("this agent is frozen", code="agent_frozen")
-            if agent.token_expires_at is not None and ctx.now() >= agent.token_expires_at:
-                raise Unauthorized("this agent token has expired; rotate it",
-                                   code="token_expired")
-            return Principal(agent.merchant_id, Role.AGENT, agent_id=agent.id)
-        policy = (await x.execute(_POLICY_BY_HASH, {"h": digest})).first()
-        if policy is None:
-            raise Unauthorized("unknown session token", code="invalid_credentials")
-        if policy.status != "active" or (
-            policy.expires_at is not None and ctx.now() >= policy.expires_at
-        ):
-            raise Unauthorized("this session is no longer active", code="session_not_active")
-        if policy.agent_status != "active":
+        principal, valid_until = await _look_up(x, kind, digest, now)
+    cache.put(digest, principal, valid_until, generation)
+    return principal
+
+
+async def _look_up(x: Executor, kind: str, digest: str,
+                   now: datetime) -> tuple[Principal, datetime | None]:
+    """The principal of a token's hash, and when its credential expires by itself."""
+    if kind == "sk":
+        key = (await x.execute(_API_KEY_BY_HASH, {"h": digest})).first()
+        if key is None or key.revoked_at is not None:
+            raise Unauthorized("unknown or revoked API key", code="invalid_credentials")
+        if key.expires_at is not None and now >= key.expires_at:  # rolled
+            raise Unauthorized("this API key has expired", code="token_expired")
+        return Principal(key.merchant_id, Role.MERCHANT), key.expires_at
+    if kind == "agent":
+        agent = (await x.execute(_AGENT_BY_HASH, {"h": digest})).first()
+        if agent is None or agent.status == "deleted":
+            raise Unauthorized("unknown agent token", code="invalid_credentials")
+        if agent.status == "frozen":
             raise Unauthorized("this agent is frozen", code="agent_frozen")
-        return Principal(policy.merchant_id, Role.AGENT, agent_id=policy.agent_id,
-                         policy_session_id=policy.id)
+        if agent.token_expires_at is not None and now >= agent.token_expires_at:
+            raise Unauthorized("this agent token has expired; rotate it",
+                               code="token_expired")
+        return (Principal(agent.merchant_id, Role.AGENT, agent_id=agent.id),
+                agent.token_expires_at)
+    policy = (await x.execute(_POLICY_BY_HASH, {"h": digest})).first()
+    if policy is None:
+        raise Unauthorized("unknown session token", code="invalid_credentials")
+    if policy.status != "active" or (policy.expires_at is not None and now >= policy.expires_at):
+        raise Unauthorized("this session is no longer active", code="session_not_active")
+    if policy.agent_status != "active":
+        raise Unauthorized("this agent is frozen", code="agent_frozen")
+    return (Principal(policy.merchant_id, Role.AGENT, agent_id=policy.agent_id,
+                      policy_session_id=policy.id), policy.expires_at)

@@ -297,7 +297,8 @@ async def _authorize_batch(ctx: AppContext, key_id: str,
     before it left, every row written, the key's and the policy's totals written once."""
     now = ctx.now()
     outcomes: list[_Outcome] = []
-    async with ctx.db.hot_transaction() as s:
+    async with ctx.db.hot_transaction() as tx:
+        s = rows.DeferredInserts(tx)  # nothing here reads the rows it inserts
         key = await _locked_key(s, key_id)
         policy_row = await _lock_policy(s, key.policy_session_id)
         limits = totals = None
@@ -384,6 +385,7 @@ async def _authorize_batch(ctx: AppContext, key_id: str,
             assert totals is not None
             await rows.update_row(s, PolicySession, policy_row.id, dict(
                 total_committed=total_committed, **policy_windows.values(totals)))
+        await s.flush()
     return outcomes
 
 
@@ -634,7 +636,8 @@ async def _settle_batch(ctx: AppContext, key_id: str,
     key locked and written once, each payment captured or released in order."""
     now = ctx.now()
     views = []
-    async with ctx.db.hot_transaction() as s:
+    async with ctx.db.hot_transaction() as tx:
+        s = rows.DeferredInserts(tx)  # its events: nothing here reads them
         key = await _locked_key(s, key_id)
         ledger, captured = ledger_of(key), 0
         for transfer_id, status in batch:
@@ -654,6 +657,7 @@ async def _settle_batch(ctx: AppContext, key_id: str,
             views.append(_view(payment, key))
         if captured or ledger != ledger_of(key):
             await _book_settled(s, key, ledger, captured, now)
+        await s.flush()
     return views
 
 

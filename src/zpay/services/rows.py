@@ -41,3 +41,33 @@ async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any
             table.c.id == bindparam("row_id")).values(
             {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in shape[1]})
     await s.execute(stmt, {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
+
+
+class DeferredInserts:
+    """The executor for a transaction of many small INSERTs (a coalesced batch of
+    payments): `insert_row`s wait and go out at `flush` as one executemany per table
+    (asyncpg pipelines the rows: one round trip per table, not per row), tables in the
+    order first seen, so a parent inserted first stays first. Every other statement runs
+    at once — so use it only where no statement reads what a deferred insert writes."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._pending: dict[str, tuple[Insert, list[dict[str, Any]]]] = {}
+
+    async def execute(self, statement: Any, params: Any = None, /) -> Any:
+        name = getattr(getattr(statement, "table", None), "name", "")
+        prebuilt = _INSERTS.get(name)
+        if prebuilt is not None and statement is prebuilt and isinstance(params, dict):
+            self._pending.setdefault(name, (prebuilt, []))[1].append(params)  # insert_row
+            return None
+        return await self._executor.execute(statement, params)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for statement, many in pending.values():
+            # Same columns in every row of a table here; a differing set runs on its own.
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for values in many:
+                shapes.setdefault(tuple(sorted(values)), []).append(values)
+            for rows in shapes.values():
+                await self._executor.execute(statement, rows)

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 import msgspec
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from zpay.chains.protocol import (
     ChainAdapter,
@@ -37,7 +37,7 @@ from zpay.domain import x402
 from zpay.domain.errors import InvalidRequest, NotFound, PaymentRefused, ZpayError
 from zpay.domain.lifecycle import PaymentStatus
 from zpay.domain.money import format_amount, parse_amount
-from zpay.services import idempotency, payments, transfers
+from zpay.services import idempotency, payments, rows, transfers
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.services.requests import Request
@@ -155,7 +155,7 @@ async def create_x402_payment(ctx: AppContext, principal: Principal, req: X402Pa
     async def recorded(s: Executor, payment: Payment, key: SessionKey,
                        transfer_id: str) -> None:
         header.append(x402.payment_header(required, requirement, signed[-1].payload))
-        await s.execute(insert(X402Payment).values(
+        await rows.insert_row(s, X402Payment, dict(
             id=payment.id, merchant_id=payment.merchant_id, session_key_id=key.id,
             x402_version=required.version, network=requirement.network,
             asset=requirement.asset, pay_to=requirement.pay_to,

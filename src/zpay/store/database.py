@@ -8,7 +8,7 @@ PostgreSQL the services lock the rows they change with SELECT … FOR UPDATE.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from zpay.store import credentials as _credentials  # noqa: F401 - announces credential changes
 from zpay.store.direct import Executor, direct_connection
 
 
@@ -73,6 +74,7 @@ class Database:
             self.engine.execution_options(zpay_read_only=True), expire_on_commit=False)
         self._writers = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._on_dispose: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def dialect(self) -> str:
@@ -134,7 +136,20 @@ class Database:
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    @property
+    def driver_dsn(self) -> str:
+        """The URL for a connection of the driver itself (a LISTEN connection)."""
+        return self.engine.url.set(drivername=self.engine.url.get_backend_name()
+                                   ).render_as_string(hide_password=False)
+
+    def on_dispose(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Close `close` (something bound to this database) when the database is disposed."""
+        self._on_dispose.append(close)
+
     async def dispose(self) -> None:
+        closers, self._on_dispose = self._on_dispose, []
+        for close in closers:
+            await close()
         await self.engine.dispose()
 
 

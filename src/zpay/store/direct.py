@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -153,6 +153,20 @@ class DirectResult:
 _COUNT = re.compile(r"(\d+)$")
 
 
+@contextmanager
+def _as_sqlalchemy_errors(sql: str, params: Any) -> Iterator[None]:
+    """A statement's failure as SQLAlchemy raises it (a lost connection stays asyncpg's:
+    the API answers both as an outage)."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise sa_exc.IntegrityError(sql, params, exc) from exc
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, asyncpg.PostgresConnectionError):
+            raise
+        raise sa_exc.DBAPIError(sql, params, exc) from exc
+
+
 class DirectExecutor:
     """`execute(statement, params)` on one asyncpg connection (see the module's note)."""
 
@@ -175,31 +189,46 @@ class DirectExecutor:
             compiled = cls._shapes[shape] = _compile(stmt, column_keys, key)
         return compiled, key
 
-    async def execute(self, stmt: Executable, params: Mapping[str, Any] | None = None
+    async def execute(self, stmt: Executable,
+                      params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
                       ) -> DirectResult:
+        """One statement; a list of parameter sets runs it for each (asyncpg pipelines
+        them: one round trip for all), like SQLAlchemy's executemany."""
+        if isinstance(params, Sequence):
+            return await self._execute_many(stmt, params)
         params = params or {}
         compiled, key = self._compiled(stmt, params)
-        values = compiled.compiled.construct_params(
-            {**compiled.defaults, **params}, extracted_parameters=key.bindparams)
-        args = [value if process is None or value is None else process(value)
-                for value, process in zip((values[n] for n in compiled.names), compiled.bind,
-                                          strict=True)]
-        try:
+        args = self._args(compiled, key, params)
+        with _as_sqlalchemy_errors(compiled.sql, args):
             if compiled.row is None:
                 status = await self._connection.execute(compiled.sql, *args)
                 match = _COUNT.search(status or "")
                 return DirectResult([], int(match.group(1)) if match else -1)
             records = await self._connection.fetch(compiled.sql, *args)
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise sa_exc.IntegrityError(compiled.sql, args, exc) from exc
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, asyncpg.PostgresConnectionError):
-                raise
-            raise sa_exc.DBAPIError(compiled.sql, args, exc) from exc
         row, results = compiled.row, compiled.results
         rows = [row(*(v if p is None or v is None else p(v)
                       for v, p in zip(record, results, strict=True))) for record in records]
         return DirectResult(rows, len(rows))
+
+    async def _execute_many(self, stmt: Executable,
+                            many: Sequence[Mapping[str, Any]]) -> DirectResult:
+        if not many:
+            return DirectResult([], 0)
+        compiled, key = self._compiled(stmt, many[0])
+        if compiled.row is not None:
+            raise TypeError("executemany answers no rows (no RETURNING)")
+        batch = [self._args(compiled, key, params) for params in many]
+        with _as_sqlalchemy_errors(compiled.sql, batch):
+            await self._connection.executemany(compiled.sql, batch)
+        return DirectResult([], len(batch))
+
+    @staticmethod
+    def _args(compiled: _Compiled, key: Any, params: Mapping[str, Any]) -> list[Any]:
+        values = compiled.compiled.construct_params(
+            {**compiled.defaults, **params}, extracted_parameters=key.bindparams)
+        return [value if process is None or value is None else process(value)
+                for value, process in zip((values[n] for n in compiled.names), compiled.bind,
+                                          strict=True)]
 
 
 @asynccontextmanager
