@@ -95,7 +95,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     handlers += [metrics_endpoint, ready, ApiKeyController]  # ops; merchant keys
     app = Litestar(
         route_handlers=handlers,
-        dependencies={"ctx": Provide(provide_ctx), "principal": Provide(provide_principal),
+        dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False),
+                      "principal": Provide(provide_principal),
                       "page": Provide(provide_page)},
         exception_handlers={Exception: handle_exception},
         guards=[edge_guard],  # authentication and input hygiene before any parsing

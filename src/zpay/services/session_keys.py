@@ -25,7 +25,7 @@ from zpay.services.events import emit
 from zpay.services.pagination import Page, page_body
 from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
-from zpay.services.rows import table_of
+from zpay.services.rows import table_of, transient
 from zpay.services.sessions import load_session, policy_state, read_session, resolve_expiry
 from zpay.services.tenancy import copy_owned, fetch_owned, visible
 from zpay.services.views import amount, attempt_view, session_key_view
@@ -108,7 +108,7 @@ async def load_key_and_secret(ctx: AppContext, x: Executor, principal: Principal
     values = dict(row._mapping)
     secret = {name: values.pop(f"secret_{name}")
               for name in ("key_version", "wrapped_data_key", "ciphertext")}
-    key = _owned_key(principal, key_id, SessionKey(**values))
+    key = _owned_key(principal, key_id, transient(SessionKey, values))
     assert secret["ciphertext"] is not None
     return key, ctx.custody.open(key.id, SealedSecret(**secret))
 

@@ -8,6 +8,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.services.auth import Principal
+from zpay.services.rows import transient
 from zpay.store.direct import Executor
 from zpay.store.models import PolicySession, SessionKey
 
@@ -33,7 +34,7 @@ async def copy_owned(x: Executor, model: type[M], row_id: str, principal: Princi
     row = (await x.execute(_copy_statement(model, lock, principal.policy_session_id is not None),
                            {"id": row_id, "merchant_id": principal.merchant_id,
                             "scope": principal.policy_session_id})).first()
-    return None if row is None else model(**row._mapping)
+    return None if row is None else transient(model, row._mapping)
 
 
 _COPY_STATEMENTS: dict[tuple[Any, bool, bool], Select[Any]] = {}

@@ -26,7 +26,7 @@ from zpay.chains.protocol import (
     TransferState,
     TransferStatus,
 )
-from zpay.services.rows import insert_row, table_of
+from zpay.services.rows import insert_row, table_of, transient
 from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import ChainTransfer, SessionKey
@@ -71,7 +71,7 @@ async def conclude_row(s: Executor, transfer_id: str, status: TransferStatus,
                                        "code": code})).first()
     else:
         return None
-    return None if row is None else ChainTransfer(**row._mapping)
+    return None if row is None else transient(ChainTransfer, row._mapping)
 
 
 def _conclude(**values: Any) -> Any:
