@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Select, and_, bindparam, delete, select
 
 from zpay.domain.errors import InvalidRequest, ZpayError
 from zpay.domain.money import canonical_amount
@@ -30,11 +30,13 @@ from zpay.store.ids import new_id
 from zpay.store.models import IdempotencyRecord
 
 _RECORDS = IdempotencyRecord.__table__
+_RECORD_OF_KEY = and_(_RECORDS.c.merchant_id == bindparam("idem_merchant_id"),
+                      _RECORDS.c.principal == bindparam("idem_principal"),
+                      _RECORDS.c.key == bindparam("idem_key"))
 _RECALL = select(  # built once: each call only binds values (store.direct)
     _RECORDS.c.request_hash, _RECORDS.c.payment_id, _RECORDS.c.response_body,
     _RECORDS.c.expires_at,
-).where(_RECORDS.c.merchant_id == bindparam("merchant_id"),
-        _RECORDS.c.principal == bindparam("principal"), _RECORDS.c.key == bindparam("key"))
+).where(_RECORD_OF_KEY)
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,55 @@ async def recall(s: Executor, principal: Principal, key: str, fingerprint: str,
     """What this principal's key already did (one indexed read). Another body under the
     same key is refused. Binding happens in the payment's transaction (`remember`), whose
     unique key decides between two concurrent first uses."""
-    row = (await s.execute(_RECALL, {"merchant_id": principal.merchant_id,
-                                     "principal": principal.scope, "key": key})).first()
+    row = (await s.execute(_RECALL, _recall_values(principal, key))).first()
     if row is None:
         return Lookup(None)
-    if row.expires_at <= now:
+    return _lookup(row.request_hash, row.payment_id, row.response_body, row.expires_at,
+                   fingerprint, now)
+
+
+def _recall_values(principal: Principal, key: str) -> dict[str, Any]:
+    return {"idem_merchant_id": principal.merchant_id, "idem_principal": principal.scope,
+            "idem_key": key}
+
+
+def _lookup(request_hash: str | None, payment_id: str | None, response_body: str | None,
+            expires_at: datetime | None, fingerprint: str, now: datetime) -> Lookup:
+    if request_hash is None or expires_at is None:
+        return Lookup(None)
+    if expires_at <= now:
         return Lookup(None, expired=True)
-    if row.request_hash != fingerprint:
+    if request_hash != fingerprint:
         raise ZpayError("this Idempotency-Key was used with another request body",
                         code="idempotency_key_reused")
-    refusal = json.loads(row.response_body) if row.response_body else None
-    return Lookup(Remembered(row.payment_id, refusal))
+    refusal = json.loads(response_body) if response_body else None
+    return Lookup(Remembered(payment_id, refusal))
+
+
+_WITH_RECALL: dict[int, tuple[Select[Any], Select[Any]]] = {}
+
+
+def with_recall(statement: Select[Any], principal: Principal,
+                key: str) -> tuple[Select[Any], dict[str, Any]]:
+    """`statement` (built once) with this principal's record of `key` outer-joined, as
+    columns `idem_*`: `recall` in the same round trip as another read (see `recalled`)."""
+    joined = _WITH_RECALL.get(id(statement))
+    if joined is None:
+        joined = (statement, statement.add_columns(
+            _RECORDS.c.request_hash.label("idem_request_hash"),
+            _RECORDS.c.payment_id.label("idem_payment_id"),
+            _RECORDS.c.response_body.label("idem_response_body"),
+            _RECORDS.c.expires_at.label("idem_expires_at"),
+        ).outerjoin(_RECORDS, _RECORD_OF_KEY))
+        _WITH_RECALL[id(statement)] = joined
+    return joined[1], _recall_values(principal, key)
+
+
+def recalled(row: Any, fingerprint: str, now: datetime) -> Lookup:
+    """`recall`'s answer from a row read `with_recall`."""
+    m = row._mapping
+    return _lookup(m["idem_request_hash"], m["idem_payment_id"], m["idem_response_body"],
+                   m["idem_expires_at"], fingerprint, now)
 
 
 async def remember(s: Executor, ctx: AppContext, principal: Principal, key: str,

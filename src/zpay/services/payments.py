@@ -39,7 +39,7 @@ from zpay.services.context import AppContext
 from zpay.services.pagination import Page, page_body
 from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
-from zpay.services.session_keys import load_key, load_key_and_secret, token_of
+from zpay.services.session_keys import key_and_secret_of, key_and_secret_query, load_key, token_of
 from zpay.services.sessions import limits_of
 from zpay.services.tenancy import can_see_key, session_scope
 from zpay.services.views import payment_view, session_key_view
@@ -245,12 +245,19 @@ async def _sign(
 ) -> idempotency.Remembered | _Pending:
     now = ctx.now()
     lookup = idempotency.Lookup(None)
+    statement, values = key_and_secret_query(principal, req.session_key_id)
+    if idempotency_key is not None:  # what the key already did, in the same round trip
+        statement, recall_values = idempotency.with_recall(statement, principal, idempotency_key)
+        values |= recall_values
     async with ctx.db.hot_reads() as x:
+        row = (await x.execute(statement, values)).first()
         if idempotency_key is not None:
-            lookup = await idempotency.recall(x, principal, idempotency_key, fingerprint, now)
+            lookup = (idempotency.recalled(row, fingerprint, now) if row is not None
+                      else await idempotency.recall(x, principal, idempotency_key,
+                                                    fingerprint, now))  # an unknown key
             if lookup.remembered is not None:
                 return lookup.remembered
-        key, secret = await load_key_and_secret(ctx, x, principal, req.session_key_id)
+    key, secret = key_and_secret_of(ctx, principal, req.session_key_id, row)
     adapter = ctx.chains.get(key.chain)
     token = token_of(key, adapter)
     value = parse_amount(req.amount, decimals=token.decimals,

@@ -72,7 +72,8 @@ class DeferredInserts:
             for values in many:
                 shapes.setdefault(tuple(sorted(values)), []).append(values)
             for rows in shapes.values():
-                await self._executor.execute(statement, rows)
+                # One row: a plain execute (an executemany of one costs a little more).
+                await self._executor.execute(statement, rows[0] if len(rows) == 1 else rows)
 
 
 def transient(model: type[M], values: Mapping[str, Any]) -> M:

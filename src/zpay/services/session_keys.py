@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import ChainAdapter, ChainError, TokenInfo
@@ -96,19 +96,25 @@ _KEY_AND_SECRET_IN_SESSION = _KEY_AND_SECRET.where(
     _KEYS.c.policy_session_id == bindparam("scope"))
 
 
-async def load_key_and_secret(ctx: AppContext, x: Executor, principal: Principal,
-                              key_id: str) -> tuple[SessionKey, bytes]:
-    """`read_key` then `load_secret`, in one round trip (a payment's signing step)."""
+def key_and_secret_query(principal: Principal, key_id: str) -> tuple[Select[Any], dict[str, Any]]:
+    """A key and its wallet secret in one read (a payment's signing step): the statement
+    (built once) and its values; `key_and_secret_of` makes the answer of its row."""
     scoped = principal.policy_session_id is not None
-    row = (await x.execute(_KEY_AND_SECRET_IN_SESSION if scoped else _KEY_AND_SECRET, {
-        "id": key_id, "merchant_id": principal.merchant_id,
-        "scope": principal.policy_session_id})).first()
+    return (_KEY_AND_SECRET_IN_SESSION if scoped else _KEY_AND_SECRET,
+            {"id": key_id, "merchant_id": principal.merchant_id,
+             "scope": principal.policy_session_id})
+
+
+def key_and_secret_of(ctx: AppContext, principal: Principal, key_id: str,
+                      row: Any) -> tuple[SessionKey, bytes]:
+    """The key (as `read_key` checks it) and its opened wallet secret, from that read's row
+    (None: no such key)."""
     if row is None:
         raise NotFound(f"no session key {key_id!r}", code="session_key_not_found")
-    values = dict(row._mapping)
-    secret = {name: values.pop(f"secret_{name}")
-              for name in ("key_version", "wrapped_data_key", "ciphertext")}
+    values = {c.key: row._mapping[c.key] for c in _KEYS.columns}
     key = _owned_key(principal, key_id, transient(SessionKey, values))
+    secret = {name: row._mapping[f"secret_{name}"]
+              for name in ("key_version", "wrapped_data_key", "ciphertext")}
     assert secret["ciphertext"] is not None
     return key, ctx.custody.open(key.id, SealedSecret(**secret))
 
