@@ -68,8 +68,9 @@ class Figure:
     failures: int  # non-2xx answers and socket errors
 
     def cells(self) -> list[str]:
+        spread = f"{self.p99_ms / self.p50_ms:.1f}x" if self.p50_ms else "n/a"
         return [f"{self.requests_per_s:,.0f}", f"{self.p50_ms:.1f}", f"{self.p99_ms:.1f}",
-                str(self.failures)]
+                spread, str(self.failures)]
 
 
 def wrk(url: str, script: str, args: list[str], seconds: float, connections: int) -> Figure:
@@ -177,7 +178,7 @@ async def add_history(database_url: str, key_id: str, policy_id: str) -> None:
 
 
 ROUNDS = 2
-ORDER = ("bare_tx", "hot", "spread", "bare_select", "can_afford", "raw")
+ORDER = ("bare_tx", "hot", "spread", "alone", "bare_select", "can_afford", "raw")
 
 
 def bench_zpay(database_url: str, seconds: float, connections: int, workers: int,
@@ -205,17 +206,20 @@ def bench_zpay(database_url: str, seconds: float, connections: int, workers: int
         to = str(Keypair().pubkey())
         run = uuid.uuid4().hex[:8]
 
-        def pay(name: str, keys: list[tuple[str, str]], secs: float) -> Figure:
+        def pay(name: str, keys: list[tuple[str, str]], secs: float,
+                conns: int = connections) -> Figure:
             keys_file = tmp / f"{name}.keys"
             keys_file.write_text("".join(f"{k} {t}\n" for k, t in keys))
             return wrk(server.url, "pay.lua", [str(keys_file), PAYMENT_AMOUNT, to,
-                                               f"{run}-{name}"], secs, connections)
+                                               f"{run}-{name}"], secs, conns)
 
         pay("warm", [fx.hot], min(seconds, 3))  # connections, caches, the chain's accounts
         rows: dict[str, Callable[[float], Figure]] = {
             **baselines,
             "hot": lambda secs: pay("hot", [fx.hot], secs),
             "spread": lambda secs: pay("spread", fx.spread, secs),
+            # One payment at a time: its latency is the server's time plus loopback.
+            "alone": lambda secs: pay("alone", fx.spread, secs, conns=1),
             "can_afford": lambda secs: wrk(
                 server.url, "get.lua",
                 [f"/v1/session-keys/{fx.hot[0]}/can-afford?amount={PAYMENT_AMOUNT}",
@@ -348,6 +352,8 @@ def main() -> None:
             [f"zpay payment, ONE hot key ({database})", *z["hot"].cells(), hot_vs],
             [f"zpay payment, spread over {SPREAD_KEYS} keys ({database})",
              *z["spread"].cells(), ratio(z["spread"], tx)],
+            [f"zpay payment alone, 1 connection ({database})", *z["alone"].cells(),
+             f"p50 {z['alone'].p50_ms:.1f} ms"],
             [f"zpay can-afford, one key ({database})", *z["can_afford"].cells(),
              ratio(z["can_afford"], sel)],
             [f"bare Litestar 1-tx hot-row UPDATE ({database})", *tx.cells(), "baseline"],
@@ -360,12 +366,13 @@ def main() -> None:
             history = {"fresh": z["fresh"], "history": z["history"]}
     print(f"\n{conns} connections, {secs:g} s per row, zpay serve --workers {args.workers}, "
           f"solana-local, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n")
-    print(table(["what", "req/s", "p50 ms", "p99 ms", "failed", "ratio of baseline"], rows))
+    print(table(["what", "req/s", "p50 ms", "p99 ms", "p99/p50", "failed", "ratio of baseline"],
+                rows))
     if history:
         f, h = history["fresh"], history["history"]
         print(f"\nhistory (PostgreSQL, one hot key linked to a policy session, "
               f"{HISTORY_PAYMENTS:,} prior payments in its month window vs none):\n")
-        print(table(["what", "req/s", "p50 ms", "p99 ms", "failed", "ratio"], [
+        print(table(["what", "req/s", "p50 ms", "p99 ms", "p99/p50", "failed", "ratio"], [
             ["fresh key, no history", *f.cells(), "baseline"],
             [f"key with {HISTORY_PAYMENTS:,} prior payments", *h.cells(), ratio(h, f)],
         ]))

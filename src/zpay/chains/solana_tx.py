@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -176,7 +177,9 @@ def check_amount(amount_base_units: int, *, max_base_units: int = U64_MAX) -> in
     return amount_base_units
 
 
+@functools.lru_cache(maxsize=65536)
 def associated_token_address(owner: Pubkey, mint: Pubkey) -> Pubkey:
+    # A program-derived address: a search of SHA-256 bumps, the same answer every time.
     return get_associated_token_address(owner, mint, TOKEN_PROGRAM_ID)
 
 

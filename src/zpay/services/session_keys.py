@@ -111,9 +111,10 @@ def key_and_secret_of(ctx: AppContext, principal: Principal, key_id: str,
     (None: no such key)."""
     if row is None:
         raise NotFound(f"no session key {key_id!r}", code="session_key_not_found")
-    values = {c.key: row._mapping[c.key] for c in _KEYS.columns}
-    key = _owned_key(principal, key_id, transient(SessionKey, values))
-    secret = {name: row._mapping[f"secret_{name}"]
+    columns = row._mapping
+    key = _owned_key(principal, key_id, transient(
+        SessionKey, {c.key: columns[c.key] for c in _KEYS.columns}))
+    secret = {name: columns[f"secret_{name}"]
               for name in ("key_version", "wrapped_data_key", "ciphertext")}
     assert secret["ciphertext"] is not None
     return key, ctx.custody.open(key.id, SealedSecret(**secret))
