@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_AGE_S = 60.0
+MAX_AGE_S = 60  # seconds
 MAX_ENTRIES = 100_000
-_RECONNECT_S = 1.0
+_RECONNECT_S = 1
 
 
 @dataclass(frozen=True)
