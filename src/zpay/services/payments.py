@@ -305,7 +305,8 @@ async def _authorize_batch(ctx: AppContext, key_id: str,
     now = ctx.now()
     outcomes: list[_Outcome] = []
     async with ctx.db.hot_transaction() as tx:
-        s = rows.DeferredInserts(tx)  # nothing here reads the rows it inserts
+        # Nothing here reads the rows it writes: they go out together at the end.
+        s = rows.DeferredWrites(tx, updates=(SessionKey, PolicySession))
         key = await _locked_key(s, key_id)
         policy_row = await _lock_policy(s, key.policy_session_id)
         limits = totals = None
@@ -644,7 +645,9 @@ async def _settle_batch(ctx: AppContext, key_id: str,
     now = ctx.now()
     views = []
     async with ctx.db.hot_transaction() as tx:
-        s = rows.DeferredInserts(tx)  # its events: nothing here reads them
+        # Its events and the key's books: nothing here reads them back. (Payments are
+        # written at once: a transfer settled twice in one batch reads its payment again.)
+        s = rows.DeferredWrites(tx, updates=(SessionKey,))
         key = await _locked_key(s, key_id)
         ledger, captured = ledger_of(key), 0
         for transfer_id, status in batch:

@@ -18,6 +18,7 @@ from zpay.store.direct import Executor
 M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
+_UPDATE_IDS: set[int] = set()  # of the statements in _UPDATES (kept alive there)
 
 
 def table_of(model: Any) -> Table:
@@ -42,38 +43,48 @@ async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any
         stmt = _UPDATES[shape] = update(table).where(
             table.c.id == bindparam("row_id")).values(
             {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in shape[1]})
+        _UPDATE_IDS.add(id(stmt))
     await s.execute(stmt, {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
 
 
-class DeferredInserts:
-    """The executor for a transaction of many small INSERTs (a coalesced batch of
-    payments): `insert_row`s wait and go out at `flush` as one executemany per table
-    (asyncpg pipelines the rows: one round trip per table, not per row), tables in the
-    order first seen, so a parent inserted first stays first. Every other statement runs
-    at once — so use it only where no statement reads what a deferred insert writes."""
+class DeferredWrites:
+    """The executor for a transaction that writes many rows and reads none of them back (a
+    coalesced batch of payments): `insert_row`s — and `update_row`s of the tables named in
+    `updates` — wait for `flush`, which sends them in as few round trips as the executor
+    allows: ONE statement on PostgreSQL when each is a single row (`execute_together`),
+    else one pipelined executemany per shape; always in the order first made (a parent
+    before its children). Every other statement runs at once: use it only where no
+    statement reads what a deferred one writes."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, *, updates: tuple[Any, ...] = ()) -> None:
         self._executor = executor
-        self._pending: dict[str, tuple[Insert, list[dict[str, Any]]]] = {}
+        self._updated_tables = {table_of(model).name for model in updates}
+        self._pending: dict[tuple[int, tuple[str, ...]], tuple[Any, list[dict[str, Any]]]] = {}
+
+    def _deferred(self, statement: Any, params: Any) -> bool:
+        if not isinstance(params, dict):
+            return False
+        name = getattr(getattr(statement, "table", None), "name", "")
+        if statement is _INSERTS.get(name):
+            return True
+        return name in self._updated_tables and id(statement) in _UPDATE_IDS
 
     async def execute(self, statement: Any, params: Any = None, /) -> Any:
-        name = getattr(getattr(statement, "table", None), "name", "")
-        prebuilt = _INSERTS.get(name)
-        if prebuilt is not None and statement is prebuilt and isinstance(params, dict):
-            self._pending.setdefault(name, (prebuilt, []))[1].append(params)  # insert_row
-            return None
-        return await self._executor.execute(statement, params)
+        if not self._deferred(statement, params):
+            return await self._executor.execute(statement, params)
+        shape = (id(statement), tuple(sorted(params)))
+        self._pending.setdefault(shape, (statement, []))[1].append(params)
+        return None
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for statement, many in pending.values():
-            # Same columns in every row of a table here; a differing set runs on its own.
-            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for values in many:
-                shapes.setdefault(tuple(sorted(values)), []).append(values)
-            for rows in shapes.values():
-                # One row: a plain execute (an executemany of one costs a little more).
-                await self._executor.execute(statement, rows[0] if len(rows) == 1 else rows)
+        pending, self._pending = list(self._pending.values()), {}
+        together = getattr(self._executor, "execute_together", None)
+        if together is not None and len(pending) > 1 and all(len(r) == 1 for _, r in pending):
+            await together([(statement, rows[0]) for statement, rows in pending])
+            return
+        for statement, rows in pending:
+            # One row: a plain execute (an executemany of one costs a little more).
+            await self._executor.execute(statement, rows[0] if len(rows) == 1 else rows)
 
 
 def transient(model: type[M], values: Mapping[str, Any]) -> M:

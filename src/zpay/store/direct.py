@@ -151,6 +151,13 @@ class DirectResult:
 
 
 _COUNT = re.compile(r"(\d+)$")
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _renumbered(sql: str, offset: int) -> str:
+    """A compiled statement's `$n` placeholders moved up by `offset` (every value is bound:
+    compiled SQL carries no literal that could hold a `$`)."""
+    return _PLACEHOLDER.sub(lambda m: f"${int(m.group(1)) + offset}", sql)
 
 
 @contextmanager
@@ -221,6 +228,34 @@ class DirectExecutor:
         with _as_sqlalchemy_errors(compiled.sql, batch):
             await self._connection.executemany(compiled.sql, batch)
         return DirectResult([], len(batch))
+
+    _together: dict[tuple[str, ...], str] = {}
+
+    async def execute_together(self, items: Sequence[tuple[Executable, Mapping[str, Any]]]
+                               ) -> None:
+        """Several writes (no RETURNING) as ONE statement and round trip: PostgreSQL's
+        data-modifying WITH runs each exactly once, all on one snapshot — so none may read
+        or change a row another one writes (the caller's promise; rows.DeferredWrites)."""
+        shapes: list[_Compiled] = []
+        args: list[Any] = []
+        for stmt, params in items:
+            compiled, key = self._compiled(stmt, params)
+            if compiled.row is not None:
+                raise TypeError("a combined write answers no rows (no RETURNING)")
+            shapes.append(compiled)
+            args += self._args(compiled, key, params)
+        shape = tuple(c.sql for c in shapes)
+        sql = self._together.get(shape)
+        if sql is None:
+            parts, offset = [], 0
+            for n, compiled in enumerate(shapes):
+                parts.append(f"w{n} AS ({_renumbered(compiled.sql, offset)})")
+                offset += len(compiled.names)
+            if len(self._together) >= _MAX_SHAPES:
+                self._together.clear()
+            sql = self._together[shape] = f"WITH {', '.join(parts)} SELECT 1"
+        with _as_sqlalchemy_errors(sql, args):
+            await self._connection.execute(sql, *args)
 
     @staticmethod
     def _args(compiled: _Compiled, key: Any, params: Mapping[str, Any]) -> list[Any]:
