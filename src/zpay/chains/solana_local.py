@@ -23,6 +23,7 @@ short (a transaction is ~1 ms including the ledger write).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -160,8 +161,27 @@ class LocalChain:
     def process(self, transaction: Transaction) -> None:
         """Preflight, then execute. TxRejected when refused; nothing is recorded then, like an
         RPC node's preflight (a refused transaction may be resubmitted once it can pass)."""
+        outcome = self.process_many([transaction])[0]
+        if outcome is not None:
+            raise outcome
+
+    def process_many(self, transactions: list[Transaction]) -> list[Exception | None]:
+        """`process` for each, in order (its error or None), all made durable by ONE fsync
+        before any of them is answered (a group commit: a burst of concurrent payments
+        costs the disk one flush). Nobody sees any of them before that fsync: the chain's
+        lock is held throughout."""
+        outcomes: list[Exception | None] = []
         with self._locked():
-            self._process_locked(transaction)
+            try:
+                for transaction in transactions:
+                    try:
+                        self._process_locked(transaction, sync=False)
+                        outcomes.append(None)
+                    except Exception as exc:  # this transaction's own refusal or failure
+                        outcomes.append(exc)
+            finally:
+                self._sync()
+        return outcomes
 
     def signature_status(self, signature: Signature) -> TransferStatus:
         with self._locked():
@@ -219,7 +239,7 @@ class LocalChain:
                 raise ChainUnavailable("the embedded solana-local chain is closed")
             yield
 
-    def _process_locked(self, transaction: Transaction) -> None:
+    def _process_locked(self, transaction: Transaction, *, sync: bool = True) -> None:
         signature = transaction.signatures[0]
         if signature in self._signatures:
             raise TxRejected(TransactionErrorFieldless.AlreadyProcessed)
@@ -235,7 +255,7 @@ class LocalChain:
             else None
         )
         self._signatures[signature] = error
-        self._persist(_writable_keys(transaction.message), signature, error)
+        self._persist(_writable_keys(transaction.message), signature, error, sync=sync)
         # Found by any of its signatures, as its first one: an x402 payment is signed by
         # the session wallet second (a facilitator pays the fee and signs first), and zpay
         # knows only its own signature.
@@ -243,18 +263,20 @@ class LocalChain:
             if other not in self._signatures:
                 self._signatures[other] = error
                 self._tx_ids[other] = signature
-                self._persist([], other, error)
+                self._persist([], other, error, sync=sync)
 
     def _persist(
-        self, keys: list[Pubkey], signature: Signature | None = None, error: str | None = None
+        self, keys: list[Pubkey], signature: Signature | None = None, error: str | None = None,
+        *, sync: bool = True,
     ) -> None:
-        """Record the current state of `keys` (and the signature) as one ledger frame."""
+        """Record the current state of `keys` (and the signature) as one ledger frame
+        (durable at once, or at the caller's `_sync`)."""
         if self._ledger_path is None:
             return  # in memory only
         entries = [self._account_entry(key) for key in keys]
         if signature is not None:
             entries.append(_signature_entry(signature, error))
-        self._append(entries)
+        self._append(entries, sync=sync)
 
     def _account_entry(self, pubkey: Pubkey) -> bytes:
         account = self._svm.get_account(pubkey)
@@ -264,18 +286,25 @@ class LocalChain:
         self._known.add(pubkey)
         return _account_record(pubkey, account)
 
-    def _append(self, entries: list[bytes]) -> None:
+    def _append(self, entries: list[bytes], *, sync: bool = True) -> None:
         if self._ledger is None:
             return
         frame = _frame(b"".join(entries))
         # One write per frame: only the tail of the file can ever be torn.
         self._ledger.write(frame)
-        self._ledger.flush()
-        if self._fsync:
-            os.fsync(self._ledger.fileno())
+        if sync:
+            self._sync()
         self._ledger_bytes += len(frame)
         if self._ledger_bytes > max(_COMPACT_MIN_BYTES, _COMPACT_RATIO * self._snapshot_bytes):
             self._compact()
+
+    def _sync(self) -> None:
+        """Everything appended so far, on disk."""
+        if self._ledger is None:
+            return
+        self._ledger.flush()
+        if self._fsync:
+            os.fsync(self._ledger.fileno())
 
     def _compact(self) -> None:
         """Replace the ledger by one snapshot frame of the current state, atomically."""
@@ -410,6 +439,7 @@ class LocalBackend:
 
     def __init__(self, chain: LocalChain) -> None:
         self.chain = chain
+        self._sends: list[tuple[Transaction, asyncio.Future[Exception | None]]] = []
 
     async def latest_blockhash(self) -> RecentBlockhash:
         return self.chain.latest_blockhash()
@@ -423,7 +453,26 @@ class LocalBackend:
         return self.chain.latest_blockhash().last_valid_block_height
 
     async def send(self, transaction: Transaction) -> None:
-        self.chain.process(transaction)
+        """Sends made in one turn of the event loop go to the chain together, durable
+        with one fsync (`LocalChain.process_many`); each is answered with its own outcome."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Exception | None] = loop.create_future()
+        self._sends.append((transaction, future))
+        if len(self._sends) == 1:
+            loop.call_soon(self._send_all)
+        outcome = await future
+        if outcome is not None:
+            raise outcome
+
+    def _send_all(self) -> None:
+        sends, self._sends = self._sends, []
+        try:
+            outcomes = self.chain.process_many([transaction for transaction, _ in sends])
+        except Exception as exc:  # the chain closed, or its ledger could not be written
+            outcomes = [exc] * len(sends)
+        for (_, future), outcome in zip(sends, outcomes, strict=True):
+            if not future.done():  # its request may be gone; the transaction went anyway
+                future.set_result(outcome)
 
     async def signature_status(self, signature: Signature) -> TransferStatus:
         return self.chain.signature_status(signature)
