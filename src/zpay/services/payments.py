@@ -21,7 +21,6 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import ChainError, PreparedTransfer, TransferState, TransferStatus
 from zpay.domain.errors import Conflict, NotFound, PaymentRefused, ZpayError
@@ -533,13 +532,6 @@ async def _send_and_settle(ctx: AppContext, authorized: _Authorized) -> dict[str
     status = await transfers.send_and_wait(adapter, authorized.prepared, remaining)
     return await _batches_of(ctx).settlements.submit(
         ctx, authorized.key.id, (authorized.transfer_id, status))
-
-
-async def _lock_payment(s: AsyncSession, payment_id: str) -> Payment:
-    # populate_existing: an earlier unlocked read of the row must not win over the lock.
-    return (await s.execute(select(Payment).where(Payment.id == payment_id)
-                            .with_for_update().execution_options(populate_existing=True)
-                            )).scalar_one()
 
 
 async def _lock_policy(s: Executor, policy_session_id: str | None) -> PolicySession | None:
