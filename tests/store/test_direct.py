@@ -1,0 +1,103 @@
+"""The hot path's units of work (`Database.hot_transaction` / `hot_reads`): on PostgreSQL
+Core statements straight on asyncpg (store.direct), on SQLite SQLAlchemy's session — and
+both must read and write exactly the same values, fail the same way, and write all or
+nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
+
+from zpay.services import rows
+from zpay.services.context import AppContext
+from zpay.services.merchants import create_merchant
+from zpay.store.direct import DirectExecutor
+from zpay.store.models import Event, Merchant, SessionKey
+
+EVENTS = rows.table_of(Event)
+BY_ID = select(EVENTS).where(EVENTS.c.id == bindparam("id"))
+WHEN = datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=UTC)
+
+
+def _event(merchant_id: str, event_id: str, data: dict[str, object]) -> dict[str, object]:
+    return dict(id=event_id, merchant_id=merchant_id, type="payment.succeeded",
+                object_type="payment", object_id="pay_x", data=data, dispatched=False,
+                created_at=WHEN)
+
+
+async def test_values_round_trip_as_the_orm_reads_them(ctx: AppContext) -> None:
+    merchant = (await create_merchant(ctx, "shop")).merchant_id
+    data = {"amount": "12.500000", "nested": {"list": [1, 2, None]}, "unicode": "é€"}
+    async with ctx.db.hot_transaction() as x:
+        await rows.insert_row(x, Event, _event(merchant, "evt_a", data))
+    async with ctx.db.hot_reads() as x:
+        row = (await x.execute(BY_ID, {"id": "evt_a"})).one()
+        missing = (await x.execute(BY_ID, {"id": "evt_none"})).first()
+    async with ctx.db.sessions() as s:
+        orm = await s.get(Event, "evt_a")
+    assert orm is not None and missing is None
+    assert row.data == orm.data == data
+    assert row.created_at == orm.created_at == WHEN and row.created_at.tzinfo is not None
+    assert row.dispatched is False and row._mapping["object_id"] == "pay_x"
+    instance = rows.transient(Event, row._mapping)
+    assert (instance.id, instance.data, instance.created_at) == ("evt_a", data, WHEN)
+
+
+async def test_money_is_an_exact_int_both_ways(ctx: AppContext) -> None:
+    keys = rows.table_of(SessionKey)
+    huge = 2**255 + 12345  # far past a float's 53 bits
+    stmt = select(bindparam("v", type_=keys.c.funded_amount.type).label("v"))
+    async with ctx.db.hot_reads() as x:
+        value = (await x.execute(stmt, {"v": huge})).scalar_one()
+    assert value == huge and type(value) is int
+
+
+async def test_a_failed_statement_rolls_back_everything_before_it(ctx: AppContext) -> None:
+    merchant = (await create_merchant(ctx, "shop")).merchant_id
+    async with ctx.db.hot_transaction() as x:
+        await rows.insert_row(x, Event, _event(merchant, "evt_kept", {}))
+    with pytest.raises(IntegrityError):
+        async with ctx.db.hot_transaction() as x:
+            await rows.insert_row(x, Event, _event(merchant, "evt_new", {}))
+            await rows.insert_row(x, Event, _event(merchant, "evt_kept", {}))  # duplicate id
+    async with ctx.db.hot_reads() as x:
+        assert (await x.execute(BY_ID, {"id": "evt_new"})).first() is None
+        assert (await x.execute(BY_ID, {"id": "evt_kept"})).first() is not None
+
+
+async def test_deferred_writes_go_out_together_and_all_or_nothing(ctx: AppContext) -> None:
+    merchant = (await create_merchant(ctx, "shop")).merchant_id
+    async with ctx.db.hot_transaction() as tx:
+        writes = rows.DeferredWrites(tx, updates=(Merchant,))
+        await rows.insert_row(writes, Event, _event(merchant, "evt_1", {"n": 1}))
+        await rows.insert_row(writes, Event, _event(merchant, "evt_2", {"n": 2}))
+        await rows.update_row(writes, Merchant, merchant, {"name": "renamed"})
+        async with ctx.db.hot_reads() as other:  # nothing is written before the flush
+            assert (await other.execute(BY_ID, {"id": "evt_1"})).first() is None
+        await writes.flush()
+    async with ctx.db.sessions() as s:
+        assert (await s.get(Merchant, merchant)).name == "renamed"  # type: ignore[union-attr]
+        events = (await s.execute(select(Event.id).where(Event.merchant_id == merchant)
+                                  .order_by(Event.id))).scalars().all()
+    assert events == ["evt_1", "evt_2"]
+
+    # One row per shape: on PostgreSQL a single statement (data-modifying WITH). A failing
+    # part (a duplicate id) leaves none of the others behind.
+    with pytest.raises(IntegrityError):
+        async with ctx.db.hot_transaction() as tx:
+            writes = rows.DeferredWrites(tx, updates=(Merchant,))
+            await rows.update_row(writes, Merchant, merchant, {"name": "never"})
+            await rows.insert_row(writes, Event, _event(merchant, "evt_1", {}))
+            await writes.flush()
+    async with ctx.db.sessions() as s:
+        assert (await s.get(Merchant, merchant)).name == "renamed"  # type: ignore[union-attr]
+
+
+def test_what_cannot_be_run_exactly_is_refused_before_the_database() -> None:
+    with pytest.raises(TypeError, match="not ORM objects"):
+        DirectExecutor._compiled(select(Event).where(Event.id == "x"), {})
+    with pytest.raises(TypeError, match="no fixed shape"):
+        DirectExecutor._compiled(select(EVENTS).where(EVENTS.c.id.in_(["a", "b"])), {})
