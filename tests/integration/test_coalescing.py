@@ -14,12 +14,13 @@ from solders.keypair import Keypair
 from sqlalchemy import select
 
 from tests.integration.test_windows import linked_key
+from zpay.chains.protocol import TransferState, TransferStatus
 from zpay.domain.errors import PaymentRefused
 from zpay.services import payments, sessions
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
 from zpay.store.database import Database
-from zpay.store.models import PaymentAttempt, SessionKey
+from zpay.store.models import Event, PaymentAttempt, SessionKey
 
 USDC = 10**6
 
@@ -95,3 +96,27 @@ async def test_64_concurrent_payments_from_two_processes_are_exact(
         await _check_exact(ctx, agent, key_id, policy_id, paid, refused, funds=100, day=60)
     finally:
         await other.db.dispose()
+
+
+async def test_a_transfer_settled_twice_in_one_batch_is_captured_once(ctx: AppContext) -> None:
+    """A settlement batch writes its payments at the end; one payment met twice (the
+    request and reconciliation answering at once) is written before it is read again, and
+    the money moves once."""
+    agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
+                                                month="100")
+    authorized = await payments.authorize_signed(
+        ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3",
+                                            recipient=str(Keypair().pubkey())),
+        None, "fingerprint", payments.PaymentForm())
+    assert isinstance(authorized, payments._Authorized)  # held and recorded, not sent
+    landed = TransferStatus(TransferState.CONFIRMED, authorized.prepared.reference)
+    views = await payments._settle_batch(ctx, key_id, [(authorized.transfer_id, landed)] * 2)
+    assert [v["status"] for v in views] == ["succeeded", "succeeded"]
+    async with ctx.db.sessions() as s:
+        key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))).scalar_one()
+        events = (await s.execute(select(Event.type).where(
+            Event.object_id == authorized.payment.id))).scalars().all()
+    assert (key.spent_amount, key.held_amount, key.transaction_count) == (3 * USDC, 0, 1)
+    assert events.count("payment.succeeded") == 1
+    status = await sessions.get_session(ctx, agent, policy_id)
+    assert Decimal(status["windows"]["day"]["used"]) == 3

@@ -637,13 +637,19 @@ async def _settle_batch(ctx: AppContext, key_id: str,
     now = ctx.now()
     views = []
     async with ctx.db.hot_transaction() as tx:
-        # Its events and the key's books: nothing here reads them back. (Payments are
-        # written at once: a transfer settled twice in one batch reads its payment again.)
-        s = rows.DeferredWrites(tx, updates=(SessionKey,))
+        # Its payments, events and the key's books go out together at the end: nothing
+        # here reads them back — but a payment met twice in one batch, whose first write
+        # then goes out before it is read again.
+        s = rows.DeferredWrites(tx, updates=(SessionKey, Payment))
         key = await _locked_key(s, key_id)
         ledger, captured = ledger_of(key), 0
+        settled: set[str] = set()
         for transfer_id, status in batch:
             payment = await _locked_payment_of(s, transfer_id)
+            if payment.id in settled:
+                await s.flush()
+                payment = await _locked_payment_of(s, transfer_id)
+            settled.add(payment.id)
             code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
                     else None)
             transfer = await transfers.conclude_row(s, transfer_id, status, code, now)
