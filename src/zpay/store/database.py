@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,26 +92,23 @@ class Database:
         async with self._write_lock, self._writers() as session, session.begin():
             yield session
 
-    @asynccontextmanager
-    async def hot_transaction(self) -> AsyncIterator[Executor]:
+    def hot_transaction(self) -> AbstractAsyncContextManager[Executor]:
         """The payment hot path's unit of work, for Core statements only: on PostgreSQL
         straight on asyncpg (store.direct), elsewhere `transaction()`."""
-        if self.dialect != "postgresql":
-            async with self.transaction() as session:
-                yield session
-            return
-        async with direct_connection(self.engine, transaction=True) as executor:
-            yield executor
+        return self._hot(write=True)
 
-    @asynccontextmanager
-    async def hot_reads(self) -> AsyncIterator[Executor]:
+    def hot_reads(self) -> AbstractAsyncContextManager[Executor]:
         """Reads of the hot path (Core statements), each its own snapshot as at READ
         COMMITTED: on PostgreSQL straight on asyncpg without a transaction."""
+        return self._hot(write=False)
+
+    @asynccontextmanager
+    async def _hot(self, *, write: bool) -> AsyncIterator[Executor]:
         if self.dialect != "postgresql":
-            async with self.sessions() as session:
+            async with self.transaction() if write else self.sessions() as session:
                 yield session
             return
-        async with direct_connection(self.engine, transaction=False) as executor:
+        async with direct_connection(self.engine, transaction=write) as executor:
             yield executor
 
     async def current_revision(self) -> str | None:
