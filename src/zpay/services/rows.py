@@ -18,7 +18,6 @@ from zpay.store.direct import Executor
 M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
-_UPDATE_IDS: set[int] = set()  # of the statements in _UPDATES (kept alive there)
 
 
 def table_of(model: Any) -> Table:
@@ -43,7 +42,6 @@ async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any
         stmt = _UPDATES[shape] = update(table).where(
             table.c.id == bindparam("row_id")).values(
             {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in shape[1]})
-        _UPDATE_IDS.add(id(stmt))
     await s.execute(stmt, {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
 
 
@@ -67,7 +65,9 @@ class DeferredWrites:
         name = getattr(getattr(statement, "table", None), "name", "")
         if statement is _INSERTS.get(name):
             return True
-        return name in self._updated_tables and id(statement) in _UPDATE_IDS
+        # An `update_row` of a table named in `updates`: its shape is in its values' names.
+        shape = (name, tuple(sorted(k[2:] for k in params if k.startswith("v_"))))
+        return name in self._updated_tables and statement is _UPDATES.get(shape)
 
     async def execute(self, statement: Any, params: Any = None, /) -> Any:
         if not self._deferred(statement, params):

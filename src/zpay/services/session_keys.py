@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import ChainAdapter, ChainError, TokenInfo
@@ -27,7 +27,13 @@ from zpay.services.recipients import check_recipient
 from zpay.services.requests import Request
 from zpay.services.rows import table_of, transient
 from zpay.services.sessions import load_session, policy_state, read_session, resolve_expiry
-from zpay.services.tenancy import copy_owned, fetch_owned, visible
+from zpay.services.tenancy import (
+    copy_owned,
+    fetch_owned,
+    owned_statement,
+    owned_values,
+    visible,
+)
 from zpay.services.views import amount, attempt_view, session_key_view
 from zpay.store.direct import Executor
 from zpay.store.ids import new_id
@@ -86,23 +92,19 @@ async def load_secret(ctx: AppContext, s: AsyncSession, key: SessionKey) -> byte
 
 
 _KEYS, _SECRETS = table_of(SessionKey), table_of(WalletSecret)
-_KEY_AND_SECRET = select(  # built once: each call only binds values (store.direct)
-    _KEYS, _SECRETS.c.key_version.label("secret_key_version"),
+# `read_key`'s statement with the wallet secret joined, built once (by token scope).
+_KEY_AND_SECRET = {scoped: owned_statement(SessionKey, lock=False, scoped=scoped).add_columns(
+    _SECRETS.c.key_version.label("secret_key_version"),
     _SECRETS.c.wrapped_data_key.label("secret_wrapped_data_key"),
     _SECRETS.c.ciphertext.label("secret_ciphertext"),
-).outerjoin(_SECRETS, _SECRETS.c.session_key_id == _KEYS.c.id).where(
-    _KEYS.c.id == bindparam("id"), _KEYS.c.merchant_id == bindparam("merchant_id"))
-_KEY_AND_SECRET_IN_SESSION = _KEY_AND_SECRET.where(
-    _KEYS.c.policy_session_id == bindparam("scope"))
+).outerjoin(_SECRETS, _SECRETS.c.session_key_id == _KEYS.c.id) for scoped in (False, True)}
 
 
 def key_and_secret_query(principal: Principal, key_id: str) -> tuple[Select[Any], dict[str, Any]]:
     """A key and its wallet secret in one read (a payment's signing step): the statement
     (built once) and its values; `key_and_secret_of` makes the answer of its row."""
-    scoped = principal.policy_session_id is not None
-    return (_KEY_AND_SECRET_IN_SESSION if scoped else _KEY_AND_SECRET,
-            {"id": key_id, "merchant_id": principal.merchant_id,
-             "scope": principal.policy_session_id})
+    return (_KEY_AND_SECRET[principal.policy_session_id is not None],
+            owned_values(key_id, principal))
 
 
 def key_and_secret_of(ctx: AppContext, principal: Principal, key_id: str,

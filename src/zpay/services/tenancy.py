@@ -31,17 +31,25 @@ async def copy_owned(x: Executor, model: type[M], row_id: str, principal: Princi
                      *, lock: bool = False) -> M | None:
     """`fetch_owned` with one Core statement (either unit of work of the payment hot path),
     as a transient copy: read, or written back with single statements (services.rows)."""
-    row = (await x.execute(_copy_statement(model, lock, principal.policy_session_id is not None),
-                           {"id": row_id, "merchant_id": principal.merchant_id,
-                            "scope": principal.policy_session_id})).first()
+    row = (await x.execute(owned_statement(model, lock=lock,
+                                           scoped=principal.policy_session_id is not None),
+                           owned_values(row_id, principal))).first()
     return None if row is None else transient(model, row._mapping)
 
 
 _COPY_STATEMENTS: dict[tuple[Any, bool, bool], Select[Any]] = {}
 
 
-def _copy_statement(model: Any, lock: bool, scoped: bool) -> Select[Any]:
-    """Built once per (model, lock, scoped): each call only binds values (store.direct)."""
+def owned_values(row_id: str, principal: Principal) -> dict[str, Any]:
+    """The values `owned_statement` binds."""
+    return {"id": row_id, "merchant_id": principal.merchant_id,
+            "scope": principal.policy_session_id}
+
+
+def owned_statement(model: Any, *, lock: bool, scoped: bool) -> Select[Any]:
+    """The row of `model` with an id that the principal owns (its merchant's; for a session
+    token, `scoped`, only within its session): `fetch_owned` as one Core statement, built
+    once per (model, lock, scoped) — each call only binds `owned_values` (store.direct)."""
     stmt = _COPY_STATEMENTS.get((model, lock, scoped))
     if stmt is None:
         table = model.__table__
