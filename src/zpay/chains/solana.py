@@ -323,6 +323,8 @@ class SolanaAdapter:
         self.network = network
         self._backend = backend
         self._fee_payer = fee_payer
+        # Keypair.pubkey() derives the key again on every call (~25 µs); it never changes.
+        self._fee_payer_pubkey = fee_payer.pubkey()
         self._tokens = dict(tokens)
         self._confirm_timeout_s = confirm_timeout_s
         self._local = local_chain
@@ -469,7 +471,7 @@ class SolanaAdapter:
 
     @property
     def fee_payer_address(self) -> str:
-        return str(self._fee_payer.pubkey())
+        return str(self._fee_payer_pubkey)
 
     @property
     def local_chain(self) -> LocalChain | None:
@@ -497,7 +499,7 @@ class SolanaAdapter:
 
     async def fee_payer_lamports(self) -> int:
         """SOL balance of the platform fee payer, for monitoring."""
-        account = await self._backend.get_account(self._fee_payer.pubkey())
+        account = await self._backend.get_account(self._fee_payer_pubkey)
         return account.lamports if account is not None else 0
 
     # ---------------------------------------------------------------- protocol
@@ -516,7 +518,7 @@ class SolanaAdapter:
     def reserved_recipients(self, session_wallet: str, token: TokenInfo) -> frozenset[str]:
         owner, mint = stx.parse_pubkey(session_wallet), stx.parse_pubkey(token.address)
         return frozenset(str(k) for k in (
-            owner, stx.associated_token_address(owner, mint), mint, self._fee_payer.pubkey(),
+            owner, stx.associated_token_address(owner, mint), mint, self._fee_payer_pubkey,
             *stx.RESERVED_PROGRAMS))
 
     def generate_wallet(self) -> GeneratedWallet:
@@ -541,7 +543,7 @@ class SolanaAdapter:
         stx.check_amount(amount_base_units, max_base_units=token.max_base_units)
         recent = await self._backend.latest_blockhash()
         message = stx.build_approval_message(
-            fee_payer=self._fee_payer.pubkey(),
+            fee_payer=self._fee_payer_pubkey,
             user_wallet=user,
             session_wallet=session,
             mint=mint,
@@ -559,7 +561,7 @@ class SolanaAdapter:
         public: dict[str, Any] = {
             "format": APPROVAL_FORMAT,
             "approval_transaction": stx.b64encode(bytes(unsigned)),
-            "fee_payer": str(self._fee_payer.pubkey()),
+            "fee_payer": str(self._fee_payer_pubkey),
             "recent_blockhash": str(recent.blockhash),
             "last_valid_block_height": recent.last_valid_block_height,
             "network": self.network.name,
@@ -597,7 +599,7 @@ class SolanaAdapter:
         # The issued approval must be the one for THIS session key and amount: rebuilding it
         # from the caller's parameters catches an approval of key B submitted for key A.
         expected = stx.build_approval_message(
-            fee_payer=self._fee_payer.pubkey(),
+            fee_payer=self._fee_payer_pubkey,
             user_wallet=user,
             session_wallet=session,
             mint=mint,
@@ -733,7 +735,9 @@ class SolanaAdapter:
         reference_seed: str,
         close_source: bool = False,
     ) -> PreparedTransfer:
-        stx.parse_pubkey(source)
+        # keypair_from_secret checks the secret's key is exactly `source`: the parsed
+        # address is the owner's public key, no need to derive it from the keypair again.
+        owner_pubkey = stx.parse_pubkey(source)
         owner = stx.keypair_from_secret(secret, expected_address=source)
         destination_owner = stx.parse_pubkey(destination)
         mint = _mint_of(token)
@@ -750,6 +754,8 @@ class SolanaAdapter:
                 decimals=token.decimals,
                 amount_base_units=amount_base_units,
                 recent_blockhash=recent.blockhash,
+                fee_payer_pubkey=self._fee_payer_pubkey,
+                owner_pubkey=owner_pubkey,
             )
         else:
             transaction = stx.build_transfer(
@@ -761,6 +767,8 @@ class SolanaAdapter:
                 amount_base_units=amount_base_units,
                 recent_blockhash=recent.blockhash,
                 reference_seed=reference_seed,
+                fee_payer_pubkey=self._fee_payer_pubkey,
+                owner_pubkey=owner_pubkey,
             )
         reference = str(transaction.signatures[0])
         self._remember(reference, recent.blockhash)
@@ -799,7 +807,7 @@ class SolanaAdapter:
         if not isinstance(fee_payer_text, str):
             raise solana_x402.X402FeePayerInvalid("extra.feePayer is required on Solana")
         fee_payer = stx.parse_pubkey(fee_payer_text)
-        if fee_payer == self._fee_payer.pubkey():
+        if fee_payer == self._fee_payer_pubkey:
             raise solana_x402.X402FeePayerInvalid("extra.feePayer is zpay's own fee payer")
         recent = await self._backend.latest_blockhash()
         signed = solana_x402.build_exact(
@@ -896,17 +904,16 @@ class SolanaAdapter:
     async def sweep(
         self, *, secret: bytes, source: str, destination: str, token: TokenInfo
     ) -> ChainReceipt | None:
-        stx.parse_pubkey(source)
+        # As in prepare_transfer: the checked `source` is the owner's public key.
+        owner_pubkey = stx.parse_pubkey(source)
         owner = stx.keypair_from_secret(secret, expected_address=source)
         destination_owner = stx.parse_pubkey(destination)
         mint = _mint_of(token)
-        account = await self._backend.get_account(
-            stx.associated_token_address(owner.pubkey(), mint)
-        )
+        account = await self._backend.get_account(stx.associated_token_address(owner_pubkey, mint))
         if account is None:
             return None
         state = stx.parse_token_account(account.data, program_owner=account.owner)
-        if state is None or state.mint != mint or state.owner != owner.pubkey():
+        if state is None or state.mint != mint or state.owner != owner_pubkey:
             return None
         recent = await self._backend.latest_blockhash()
         transaction = stx.build_sweep(
@@ -917,6 +924,8 @@ class SolanaAdapter:
             decimals=token.decimals,
             amount_base_units=state.amount,
             recent_blockhash=recent.blockhash,
+            fee_payer_pubkey=self._fee_payer_pubkey,
+            owner_pubkey=owner_pubkey,
         )
         signature = transaction.signatures[0]
         self._remember(str(signature), recent.blockhash)
