@@ -1,7 +1,8 @@
-"""Per-key coalescing stays exact: concurrent authorizations of one key share one
-transaction (locked once, decided in arrival order), and the sum of what succeeds is
-exactly what the balance and the linked windows allow — in one process, and across two
-processes (two contexts with their own pools and coalescers), on both databases."""
+"""Coalescing stays exact: concurrent authorizations share one transaction (each key
+locked once, decided in arrival order; keys linked to one policy session share its
+windows within the batch), and the sum of what succeeds is exactly what the balances and
+the linked windows allow — in one process, and across two processes (two contexts with
+their own pools and coalescers), on both databases."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from solders.keypair import Keypair
 from sqlalchemy import select
 
 from tests.integration.test_windows import linked_key
+from tests.support import funded_user
 from zpay.chains.protocol import TransferState, TransferStatus
 from zpay.domain.errors import PaymentRefused
-from zpay.services import payments, sessions
-from zpay.services.auth import Principal
+from zpay.services import approvals, payments, session_keys, sessions
+from zpay.services.auth import Principal, Role
 from zpay.services.context import AppContext
 from zpay.store.database import Database
 from zpay.store.models import Event, PaymentAttempt, SessionKey
@@ -110,7 +112,7 @@ async def test_a_transfer_settled_twice_in_one_batch_is_captured_once(ctx: AppCo
         None, "fingerprint", payments.PaymentForm())
     assert isinstance(authorized, payments._Authorized)  # held and recorded, not sent
     landed = TransferStatus(TransferState.CONFIRMED, authorized.prepared.reference)
-    views = await payments._settle_batch(ctx, key_id, [(authorized.transfer_id, landed)] * 2)
+    views = await payments._settle_batch(ctx, [(key_id, authorized.transfer_id, landed)] * 2)
     assert [v["status"] for v in views] == ["succeeded", "succeeded"]
     async with ctx.db.sessions() as s:
         key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))).scalar_one()
@@ -120,3 +122,67 @@ async def test_a_transfer_settled_twice_in_one_batch_is_captured_once(ctx: AppCo
     assert events.count("payment.succeeded") == 1
     status = await sessions.get_session(ctx, agent, policy_id)
     assert Decimal(status["windows"]["day"]["used"]) == 3
+
+
+async def test_concurrent_payments_on_keys_sharing_a_session_are_exact(ctx: AppContext) -> None:
+    """Four keys of one agent linked to ONE policy session, 64 concurrent payments spread
+    over them: batches hold several keys at once, the session's day window is shared
+    within a batch, and every key's balance and the window come out exact — on the books
+    and on the chain."""
+    agent, first_key, policy_id = await linked_key(ctx, funds="25", day="60", week="100000",
+                                                   month="100000")
+    merchant = Principal(agent.merchant_id, Role.MERCHANT)
+    key_ids = [first_key]
+    for _ in range(3):
+        user = await funded_user(ctx, 1000 * USDC)
+        key = await session_keys.create_session_key(
+            ctx, merchant, session_keys.SessionKeyRequest(
+                agent_id=agent.agent_id, user_wallet=user.address, max_amount="25",
+                expires_in_seconds=86400, session_id=policy_id))
+        await approvals.submit_approval(ctx, merchant, key["id"], user.sign_approval(key))
+        key_ids.append(key["id"])
+    to = str(Keypair().pubkey())
+    rng = random.Random("shared")
+    orders = [(rng.choice(key_ids), rng.randint(1, 9)) for _ in range(64)]
+
+    async def pay(i: int, key_id: str, amount: int) -> str:
+        try:
+            return (await payments.create_payment(ctx, agent, payments.PaymentRequest(
+                session_key_id=key_id, amount=str(amount), recipient=to),
+                f"shared-{i}")).body["status"]
+        except PaymentRefused as refusal:
+            return refusal.code
+
+    results = await asyncio.gather(*(pay(i, k, a) for i, (k, a) in enumerate(orders)))
+    spent = {k: sum(a for (key, a), r in zip(orders, results, strict=True)
+                    if key == k and r == "succeeded") for k in key_ids}
+    total = sum(spent.values())
+    assert 0 < total <= 60 and all(s <= 25 for s in spent.values())
+    # Capacity only shrank: each refusal asked for more than its key or the day had left.
+    for (key_id, amount), result in zip(orders, results, strict=True):
+        if result == "daily_limit":
+            assert amount > 60 - total
+        elif result == "insufficient_session_balance":
+            assert amount > 25 - spent[key_id]
+        else:
+            assert result == "succeeded"
+    status = await sessions.get_session(ctx, agent, policy_id)
+    assert Decimal(status["windows"]["day"]["used"]) == total
+    chain = ctx.chains.get("solana-local")
+    token = chain.token("USDC")
+    assert await chain.balance(to, token) == total * USDC  # books == chain
+    async with ctx.db.sessions() as s:
+        keys = {k.id: k for k in (await s.execute(select(SessionKey).where(
+            SessionKey.id.in_(key_ids)))).scalars()}
+        attempts = (await s.execute(select(PaymentAttempt.created_at,
+                                           PaymentAttempt.session_key_id).where(
+            PaymentAttempt.session_key_id.in_(key_ids)))).all()
+    for key_id in key_ids:
+        assert (keys[key_id].spent_amount, keys[key_id].held_amount) == (
+            spent[key_id] * USDC, 0)
+        assert await chain.balance(keys[key_id].address, token) == (25 - spent[key_id]) * USDC
+    # Batched across keys: some transaction (one `now`) decided payments of several keys.
+    keys_at: dict[object, set[str]] = {}
+    for at, key_id in attempts:
+        keys_at.setdefault(at, set()).add(key_id)
+    assert len(attempts) == 64 and max(len(k) for k in keys_at.values()) > 1

@@ -13,14 +13,14 @@ import asyncio
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from zpay.chains.protocol import ChainError, PreparedTransfer, TransferState, TransferStatus
 from zpay.domain.errors import Conflict, NotFound, PaymentRefused, ZpayError
@@ -58,8 +58,12 @@ log = logging.getLogger(__name__)
 _KEYS, _POLICIES, _PAYMENTS, _TRANSFERS, _AGENTS = (
     rows.table_of(m) for m in (SessionKey, PolicySession, Payment, ChainTransfer, Agent))
 # The hot path's reads, built once: each call only binds values (store.direct).
-_LOCK_KEY = select(_KEYS).where(_KEYS.c.id == bindparam("id")).with_for_update()
 _LOCK_POLICY = select(_POLICIES).where(_POLICIES.c.id == bindparam("id")).with_for_update()
+# A batch's keys (and their policy sessions) locked in ONE statement, in id order: every
+# batch, in every process, takes its locks in the same order, so two never deadlock.
+_LOCK_KEYS, _LOCK_POLICIES = ({
+    dialect: select(table).where(rows.ids_in(table.c.id, dialect)).order_by(table.c.id)
+    .with_for_update() for dialect in ("postgresql", "sqlite")} for table in (_KEYS, _POLICIES))
 _AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
 _LOCK_PAYMENT_OF_TRANSFER = select(_PAYMENTS).where(
     _PAYMENTS.c.id == select(_TRANSFERS.c.subject_id)
@@ -293,139 +297,180 @@ async def _sign(
 
 _Outcome = _Authorized | dict[str, Any] | ZpayError
 _In = TypeVar("_In")
+_M = TypeVar("_M")
 _Out = TypeVar("_Out")
 
 
-async def _authorize_batch(ctx: AppContext, key_id: str,
-                           batch: list[_Pending]) -> list[_Outcome]:
-    """ONE transaction for authorizations of one key, in arrival order: the key (and its
-    policy session) locked once, each decided against the balance and windows the ones
-    before it left, every row written, the key's and the policy's totals written once."""
+@dataclass
+class _PolicyBooks:
+    """A locked policy session's windows and total as a batch moves them (the keys linked
+    to it share them), written once at the end."""
+
+    row: PolicySession
+    limits: Any
+    totals: Any
+    total_committed: int
+
+    def state(self, now: datetime) -> PolicyState:
+        return PolicyState(status=self.row.status, expires_at=self.row.expires_at,
+                           limits=self.limits, total_committed=self.total_committed,
+                           usage=policy_windows.usage(self.limits.windows, self.totals, now))
+
+
+async def _authorize_batch(ctx: AppContext, batch: list[_Pending]) -> list[_Outcome]:
+    """ONE transaction for concurrent authorizations, of one key or many: their keys (and
+    policy sessions) locked once, in id order; each decided in arrival order against the
+    balance and windows the ones before it left; every row written, each key's and each
+    policy's totals once, in one statement at the end."""
     now = ctx.now()
-    outcomes: list[_Outcome] = []
+    outcomes: dict[int, _Outcome] = {}
+    by_key: dict[str, list[int]] = {}
+    for i, p in enumerate(batch):
+        by_key.setdefault(p.key_id, []).append(i)
     async with ctx.db.hot_transaction() as tx:
         # Nothing here reads the rows it writes: they go out together at the end.
         s = rows.DeferredWrites(tx, updates=(SessionKey, PolicySession))
-        key = await _locked_key(s, key_id)
-        policy_row = await _lock_policy(s, key.policy_session_id)
-        limits = totals = None
-        total_committed = 0
-        if policy_row is not None:
+        keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect, by_key)
+        policies: dict[str, _PolicyBooks] = {}
+        for policy_row in (await _locked(
+                s, PolicySession, _LOCK_POLICIES, ctx.db.dialect,
+                {k.policy_session_id for k in keys.values() if k.policy_session_id})).values():
             limits = limits_of(policy_row)
-            totals = await policy_windows.moved(s, policy_row, limits.windows, now)
-            total_committed = policy_row.total_committed
-        ledger = ledger_of(key)
-        agent_active: bool | None = None
-        for p in batch:
-            if not can_see_key(key, p.principal):  # unlinked from the caller's session
-                outcomes.append(NotFound(f"no session key {key.id!r}",
-                                         code="session_key_not_found"))
-                continue
-            policy = None
-            if policy_row is not None:
-                assert limits is not None and totals is not None
-                policy = PolicyState(status=policy_row.status, expires_at=policy_row.expires_at,
-                                     limits=limits, total_committed=total_committed,
-                                     usage=policy_windows.usage(limits.windows, totals, now))
-            state = KeyState(status=key.status, expires_at=key.expires_at,
-                             funded=ledger.funded, spent=ledger.spent, held=ledger.held,
-                             refunded=ledger.refunded)
-            decision = authorize(p.value, key=state, policy=policy, recipient=p.recipient,
-                                 chain=key.chain, now=now)
-            refusal = None if decision.allowed else decision.reason
-            # An agent's own token was just checked active; a merchant paying for an
-            # agent's key needs the agent looked up (once per batch).
-            if refusal is None and key.agent_id is not None and (
-                    p.principal.agent_id != key.agent_id):
-                if agent_active is None:
-                    agent_active = (await s.execute(
-                        _AGENT_STATUS, {"id": key.agent_id})).scalar() == "active"
-                if not agent_active:
-                    refusal = Reason.AGENT_FROZEN
-            await rows.insert_row(s, PaymentAttempt, dict(
-                id=new_id("att"), merchant_id=key.merchant_id, session_key_id=key.id,
-                agent_id=p.principal.agent_id, amount=p.value, recipient=p.recipient,
-                allowed=refusal is None, reason=refusal or Reason.APPROVED,
-                payment_id=None if refusal is not None else p.payment_id, created_at=now))
-            if refusal is not None:
-                if p.idempotency_key is not None:
-                    await idempotency.remember(
-                        s, ctx, p.principal, p.idempotency_key, p.fingerprint,
-                        refusal={"code": refusal, "message": _refusal_message(refusal)},
-                        replace_expired=p.replace_expired)
-                outcomes.append(PaymentRefused(_refusal_message(refusal), code=refusal))
-                continue
-            payment = Payment(
-                id=p.payment_id, merchant_id=key.merchant_id, session_key_id=key.id,
-                agent_id=p.principal.agent_id, policy_session_id=key.policy_session_id,
-                chain=key.chain, amount=p.value, recipient=p.recipient,
-                description=p.req.description,
-                status=(PaymentStatus.SUBMITTED if p.prepared is not None
-                        else PaymentStatus.FAILED).value,
-                tx_reference=p.prepared.reference if p.prepared is not None else None,
-                tx_id=None, failure_code=p.unsigned_code, idempotency_key=p.idempotency_key,
-                created_at=now, updated_at=now)
-            await rows.insert_row(s, Payment, _columns(payment))
-            if p.prepared is not None:
-                ledger = ledger.hold(p.value)
-                if totals is not None:
-                    totals = with_spend(totals, p.value, now)
-                    total_committed += p.value
-                transfer_id = await transfers.insert(
-                    s, key=key, kind=p.form.kind, subject_id=p.payment_id,
-                    prepared=p.prepared, amount=p.value, now=now)
-                if p.form.recorded is not None:
-                    await p.form.recorded(s, payment, key, transfer_id)
-                outcomes.append(_Authorized(payment, key, transfer_id, p.prepared, p.deadline))
-            else:
-                await events.write(s, merchant_id=payment.merchant_id, type="payment.failed",
-                                   object_type="payment", object_id=payment.id,
-                                   data=_view(payment, key), now=now)
-                outcomes.append(_view(payment, key))
-            if p.idempotency_key is not None:
-                await idempotency.remember(s, ctx, p.principal, p.idempotency_key,
-                                           p.fingerprint, payment_id=p.payment_id,
-                                           replace_expired=p.replace_expired)
-        if ledger != ledger_of(key):
-            await books.write(s, key, ledger, last_activity_at=now, updated_at=now)
-        if policy_row is not None and total_committed != policy_row.total_committed:
-            assert totals is not None
-            await rows.update_row(s, PolicySession, policy_row.id, dict(
-                total_committed=total_committed, **policy_windows.values(totals)))
+            policies[policy_row.id] = _PolicyBooks(
+                policy_row, limits, await policy_windows.moved(s, policy_row, limits.windows,
+                                                               now),
+                policy_row.total_committed)
+        for key_id, indexes in by_key.items():
+            key = keys[key_id]
+            policy = policies.get(key.policy_session_id or "")
+            for i, outcome in zip(indexes, await _authorize_key(
+                    s, ctx, key, policy, [batch[i] for i in indexes], now), strict=True):
+                outcomes[i] = outcome
+        for policy in policies.values():
+            if policy.total_committed != policy.row.total_committed:
+                await rows.update_row(s, PolicySession, policy.row.id, dict(
+                    total_committed=policy.total_committed,
+                    **policy_windows.values(policy.totals)))
         await s.flush()
+    return [outcomes[i] for i in range(len(batch))]
+
+
+async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
+                         policy: _PolicyBooks | None, batch: list[_Pending],
+                         now: datetime) -> list[_Outcome]:
+    """A batch's authorizations of one locked key, in arrival order; the key's books are
+    written here, its policy's (moved in `policy`) by the caller."""
+    outcomes: list[_Outcome] = []
+    ledger = ledger_of(key)
+    agent_active: bool | None = None
+    for p in batch:
+        if not can_see_key(key, p.principal):  # unlinked from the caller's session
+            outcomes.append(NotFound(f"no session key {key.id!r}",
+                                     code="session_key_not_found"))
+            continue
+        state = KeyState(status=key.status, expires_at=key.expires_at,
+                         funded=ledger.funded, spent=ledger.spent, held=ledger.held,
+                         refunded=ledger.refunded)
+        decision = authorize(p.value, key=state,
+                             policy=policy.state(now) if policy is not None else None,
+                             recipient=p.recipient, chain=key.chain, now=now)
+        refusal = None if decision.allowed else decision.reason
+        # An agent's own token was just checked active; a merchant paying for an
+        # agent's key needs the agent looked up (once per key and batch).
+        if refusal is None and key.agent_id is not None and (
+                p.principal.agent_id != key.agent_id):
+            if agent_active is None:
+                agent_active = (await s.execute(
+                    _AGENT_STATUS, {"id": key.agent_id})).scalar() == "active"
+            if not agent_active:
+                refusal = Reason.AGENT_FROZEN
+        await rows.insert_row(s, PaymentAttempt, dict(
+            id=new_id("att"), merchant_id=key.merchant_id, session_key_id=key.id,
+            agent_id=p.principal.agent_id, amount=p.value, recipient=p.recipient,
+            allowed=refusal is None, reason=refusal or Reason.APPROVED,
+            payment_id=None if refusal is not None else p.payment_id, created_at=now))
+        if refusal is not None:
+            if p.idempotency_key is not None:
+                await idempotency.remember(
+                    s, ctx, p.principal, p.idempotency_key, p.fingerprint,
+                    refusal={"code": refusal, "message": _refusal_message(refusal)},
+                    replace_expired=p.replace_expired)
+            outcomes.append(PaymentRefused(_refusal_message(refusal), code=refusal))
+            continue
+        payment = Payment(
+            id=p.payment_id, merchant_id=key.merchant_id, session_key_id=key.id,
+            agent_id=p.principal.agent_id, policy_session_id=key.policy_session_id,
+            chain=key.chain, amount=p.value, recipient=p.recipient,
+            description=p.req.description,
+            status=(PaymentStatus.SUBMITTED if p.prepared is not None
+                    else PaymentStatus.FAILED).value,
+            tx_reference=p.prepared.reference if p.prepared is not None else None,
+            tx_id=None, failure_code=p.unsigned_code, idempotency_key=p.idempotency_key,
+            created_at=now, updated_at=now)
+        await rows.insert_row(s, Payment, _columns(payment))
+        if p.prepared is not None:
+            ledger = ledger.hold(p.value)
+            if policy is not None:
+                policy.totals = with_spend(policy.totals, p.value, now)
+                policy.total_committed += p.value
+            transfer_id = await transfers.insert(
+                s, key=key, kind=p.form.kind, subject_id=p.payment_id,
+                prepared=p.prepared, amount=p.value, now=now)
+            if p.form.recorded is not None:
+                await p.form.recorded(s, payment, key, transfer_id)
+            outcomes.append(_Authorized(payment, key, transfer_id, p.prepared, p.deadline))
+        else:
+            await events.write(s, merchant_id=payment.merchant_id, type="payment.failed",
+                               object_type="payment", object_id=payment.id,
+                               data=_view(payment, key), now=now)
+            outcomes.append(_view(payment, key))
+        if p.idempotency_key is not None:
+            await idempotency.remember(s, ctx, p.principal, p.idempotency_key,
+                                       p.fingerprint, payment_id=p.payment_id,
+                                       replace_expired=p.replace_expired)
+    if ledger != ledger_of(key):
+        await books.write(s, key, ledger, last_activity_at=now, updated_at=now)
     return outcomes
 
 
-class _PerKey(Generic[_In, _Out]):
-    """Per-key coalescing in this process: work for one key queues up while its
-    transaction runs, and the next transaction takes it all (up to `MAX_BATCH`), in
-    arrival order. Between processes the key's row lock still serializes the
-    transactions, so every decision stays exact everywhere."""
+async def _locked(s: Executor, model: type[_M], statement: dict[str, Any], dialect: str,
+                  ids: Iterable[str]) -> dict[str, _M]:
+    """Rows by id under their locks (taken in id order), as transient copies: the hot path
+    writes with single statements (books.write), never through the ORM's unit of work."""
+    wanted = sorted(ids)
+    if not wanted:
+        return {}
+    found = (await s.execute(statement[dialect], {"ids": wanted})).all()
+    return {row.id: rows.transient(model, row._mapping) for row in found}
+
+
+class _Coalescer(Generic[_In, _Out]):
+    """Coalescing in this process: work queues up while a transaction runs, and the next
+    transaction takes it all (up to `MAX_BATCH`), in arrival order — of one key or many,
+    so a burst costs the database one transaction, not one per key. Between processes the
+    keys' row locks still serialize the transactions, so every decision stays exact
+    everywhere."""
 
     MAX_BATCH = 64
 
-    def __init__(self, run: Callable[[AppContext, str, list[_In]], Awaitable[list[_Out]]],
+    def __init__(self, run: Callable[[AppContext, list[_In]], Awaitable[list[_Out]]],
                  conflict: Callable[[_In], Any] = lambda _item: None) -> None:
         self._run_batch, self._conflict = run, conflict
-        self._queues: dict[str, list[tuple[_In, asyncio.Future[_Out]]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: list[tuple[_In, asyncio.Future[_Out]]] = []
+        self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, ctx: AppContext, key_id: str, item: _In) -> _Out:
+    async def submit(self, ctx: AppContext, item: _In) -> _Out:
         future: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # also when the request itself is gone
-        queue = self._queues.get(key_id)
-        if queue is None:
-            queue = self._queues[key_id] = []
-            task = asyncio.create_task(self._drain(ctx, key_id, queue))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        queue.append((item, future))
+        self._queue.append((item, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(ctx))
         # Shielded: a cancelled request's work may already be committing with its batch
         # (its Idempotency-Key then answers it; reconciliation finishes what it left).
         return await asyncio.shield(future)
 
-    async def _drain(self, ctx: AppContext, key_id: str,
-                     queue: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
+    async def _drain(self, ctx: AppContext) -> None:
+        queue = self._queue
         try:
             while queue:
                 batch, seen = [], set()
@@ -440,23 +485,22 @@ class _PerKey(Generic[_In, _Out]):
                     queue.remove(item)
                     if len(batch) == self.MAX_BATCH:
                         break
-                await self._run(ctx, key_id, batch)
+                await self._run(ctx, batch)
         finally:
-            del self._queues[key_id]
+            self._task = None
             for _, future in queue:  # only if this task itself was cancelled
                 if not future.done():
                     future.set_exception(ZpayError("the server is stopping; retry",
                                                    code="service_unavailable"))
+            queue.clear()
 
-    async def _run(self, ctx: AppContext, key_id: str,
-                   batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
+    async def _run(self, ctx: AppContext, batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
         try:
-            outcomes = await self._run_batch(ctx, key_id, [item for item, _ in batch])
+            outcomes = await self._run_batch(ctx, [item for item, _ in batch])
         except Exception as exc:
-            if len(batch) > 1 and isinstance(exc, IntegrityError):
-                # An Idempotency-Key bound meanwhile (another process): each on its own.
+            if len(batch) > 1 and _one_by_one(exc):
                 for item in batch:
-                    await self._run(ctx, key_id, [item])
+                    await self._run(ctx, [item])
                 return
             for _, future in batch:
                 if not future.done():
@@ -473,15 +517,24 @@ class _PerKey(Generic[_In, _Out]):
                 future.set_result(outcome)
 
 
+def _one_by_one(exc: Exception) -> bool:
+    """A batch's failure that its items may not share: an Idempotency-Key bound meanwhile
+    by another process (IntegrityError), or a deadlock PostgreSQL broke by aborting this
+    transaction (another path took a key's and its policy's locks the other way round)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
 @dataclass
 class _KeyBatches:
     """The coalescers of one database in this process."""
 
-    authorizations: _PerKey[_Pending, _Outcome]
-    settlements: _PerKey[tuple[str, TransferStatus], dict[str, Any]]
+    authorizations: _Coalescer[_Pending, _Outcome]
+    settlements: _Coalescer[tuple[str, str, TransferStatus], dict[str, Any]]
 
     async def authorize(self, ctx: AppContext, pending: _Pending) -> _Authorized | dict[str, Any]:
-        outcome = await self.authorizations.submit(ctx, pending.key_id, pending)
+        outcome = await self.authorizations.submit(ctx, pending)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -500,19 +553,13 @@ def _batches_of(ctx: AppContext) -> _KeyBatches:
     batches = _BATCHES.get(ctx.db)
     if batches is None:
         batches = _BATCHES[ctx.db] = _KeyBatches(
-            _PerKey(_authorize_batch, lambda pending: pending.scope), _PerKey(_settle_batch))
+            _Coalescer(_authorize_batch, lambda pending: pending.scope),
+            _Coalescer(_settle_batch))
     return batches
 
 
 def _columns(row: Any) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
-
-
-async def _locked_key(s: Executor, key_id: str) -> SessionKey:
-    """The key's row under its lock, as a transient copy: the hot path writes with single
-    statements (books.write), never through the ORM's unit of work."""
-    row = (await s.execute(_LOCK_KEY, {"id": key_id})).one()
-    return rows.transient(SessionKey, row._mapping)
 
 
 def _refusal_message(reason: str) -> str:
@@ -531,11 +578,11 @@ async def _send_and_settle(ctx: AppContext, authorized: _Authorized) -> dict[str
     remaining = max(authorized.deadline - asyncio.get_running_loop().time(), 0)
     status = await transfers.send_and_wait(adapter, authorized.prepared, remaining)
     return await _batches_of(ctx).settlements.submit(
-        ctx, authorized.key.id, (authorized.transfer_id, status))
+        ctx, (authorized.key.id, authorized.transfer_id, status))
 
 
 async def _lock_policy(s: Executor, policy_session_id: str | None) -> PolicySession | None:
-    """The policy session's row under its lock, as a transient copy (see `_locked_key`)."""
+    """The policy session's row under its lock, as a transient copy (see `_locked`)."""
     if policy_session_id is None:
         return None
     row = (await s.execute(_LOCK_POLICY, {"id": policy_session_id})).one()
@@ -627,24 +674,28 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
     async with ctx.db.sessions() as s:
         key_id = (await s.execute(select(ChainTransfer.session_key_id).where(
             ChainTransfer.id == transfer_id))).scalar_one()
-    return (await _settle_batch(ctx, key_id, [(transfer_id, status)]))[0]
+    return (await _settle_batch(ctx, [(key_id, transfer_id, status)]))[0]
 
 
-async def _settle_batch(ctx: AppContext, key_id: str,
-                        batch: list[tuple[str, TransferStatus]]) -> list[dict[str, Any]]:
-    """ONE transaction settles transfers of one key (the payment hot path's second): the
-    key locked and written once, each payment captured or released in order."""
+async def _settle_batch(ctx: AppContext,
+                        batch: list[tuple[str, str, TransferStatus]]) -> list[dict[str, Any]]:
+    """ONE transaction settles (key id, transfer id, chain answer)s, of one key or many
+    (the payment hot path's second): the keys locked once, in id order, and each written
+    once; each payment captured or released in order."""
     now = ctx.now()
     views = []
     async with ctx.db.hot_transaction() as tx:
-        # Its payments, events and the key's books go out together at the end: nothing
+        # Its payments, events and the keys' books go out together at the end: nothing
         # here reads them back — but a payment met twice in one batch, whose first write
         # then goes out before it is read again.
         s = rows.DeferredWrites(tx, updates=(SessionKey, Payment))
-        key = await _locked_key(s, key_id)
-        ledger, captured = ledger_of(key), 0
+        keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect,
+                             {key_id for key_id, _, _ in batch})
+        ledgers = {key_id: ledger_of(key) for key_id, key in keys.items()}
+        captured = dict.fromkeys(keys, 0)
         settled: set[str] = set()
-        for transfer_id, status in batch:
+        for key_id, transfer_id, status in batch:
+            key = keys[key_id]
             payment = await _locked_payment_of(s, transfer_id)
             if payment.id in settled:
                 await s.flush()
@@ -656,15 +707,18 @@ async def _settle_batch(ctx: AppContext, key_id: str,
             if transfer is not None:
                 if (status.state is TransferState.CONFIRMED
                         and payment.status != PaymentStatus.SUCCEEDED):
-                    ledger = await _capture(s, key, ledger, payment, transfer.tx_id, now)
-                    captured += 1
+                    ledgers[key_id] = await _capture(s, key, ledgers[key_id], payment,
+                                                     transfer.tx_id, now)
+                    captured[key_id] += 1
                 elif (status.state is TransferState.FAILED
                         and payment.status == PaymentStatus.SUBMITTED):
                     assert code is not None
-                    ledger = await _release(s, key, ledger, payment, code, now)
+                    ledgers[key_id] = await _release(s, key, ledgers[key_id], payment, code,
+                                                     now)
             views.append(_view(payment, key))
-        if captured or ledger != ledger_of(key):
-            await _book_settled(s, key, ledger, captured, now)
+        for key_id, key in keys.items():
+            if captured[key_id] or ledgers[key_id] != ledger_of(key):
+                await _book_settled(s, key, ledgers[key_id], captured[key_id], now)
         await s.flush()
     return views
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.dml import Insert, Update
 
 from zpay.store.direct import Executor
@@ -22,6 +23,14 @@ _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
 
 def table_of(model: Any) -> Table:
     return cast(Table, model.__table__)
+
+
+def ids_in(column: Any, dialect: str) -> ColumnElement[bool]:
+    """`column` among the list bound as `ids`: `= ANY($1)` on PostgreSQL (one fixed shape,
+    which the direct executor runs), an expanding `IN` elsewhere."""
+    if dialect == "postgresql":
+        return cast(ColumnElement[bool], column == any_(bindparam("ids", type_=ARRAY(column.type))))
+    return cast(ColumnElement[bool], column.in_(bindparam("ids", expanding=True)))
 
 
 async def insert_row(s: Executor, model: Any, values: dict[str, Any]) -> None:
