@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from zpay.services import rows
 from zpay.services.context import AppContext
 from zpay.services.merchants import create_merchant
+from zpay.store import direct
 from zpay.store.direct import DirectExecutor
 from zpay.store.models import Event, Merchant, SessionKey
 
@@ -94,6 +95,46 @@ async def test_deferred_writes_go_out_together_and_all_or_nothing(ctx: AppContex
             await writes.flush()
     async with ctx.db.sessions() as s:
         assert (await s.get(Merchant, merchant)).name == "renamed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bound_limit", [30_000, 100])
+async def test_many_rows_go_out_exactly_in_chunks_all_or_nothing(
+        ctx: AppContext, monkeypatch: pytest.MonkeyPatch, bound_limit: int) -> None:
+    """A batch's many rows: on PostgreSQL multi-row VALUES (64 rows at most each), split
+    into several statements past the limit of bound values — and every value lands
+    exactly, in one transaction, or none does."""
+    monkeypatch.setattr(direct, "_MAX_BOUND_VALUES", bound_limit)
+    merchants = [(await create_merchant(ctx, f"shop{i}")).merchant_id for i in range(3)]
+    async with ctx.db.hot_transaction() as tx:
+        writes = rows.DeferredWrites(tx, updates=(Merchant,))
+        for n in range(150):
+            await rows.insert_row(writes, Event, _event(merchants[n % 3], f"evt_{n:03d}",
+                                                        {"n": n, "big": 2**70 + n}))
+        for i, merchant in enumerate(merchants):
+            await rows.update_row(writes, Merchant, merchant, {"name": f"renamed{i}"})
+        await writes.flush()
+    async with ctx.db.sessions() as s:
+        stored = (await s.execute(select(Event.id, Event.merchant_id, Event.data).where(
+            Event.merchant_id.in_(merchants)).order_by(Event.id))).all()
+        names = [(await s.get(Merchant, m)).name for m in merchants]  # type: ignore[union-attr]
+    assert [(r.id, r.merchant_id, r.data) for r in stored] == [
+        (f"evt_{n:03d}", merchants[n % 3], {"n": n, "big": 2**70 + n}) for n in range(150)]
+    assert names == ["renamed0", "renamed1", "renamed2"]
+
+    # The last row's duplicate id fails its statement: the rows before it, sent in
+    # earlier statements or the same one, are rolled back with it.
+    with pytest.raises(IntegrityError):
+        async with ctx.db.hot_transaction() as tx:
+            writes = rows.DeferredWrites(tx, updates=(Merchant,))
+            await rows.update_row(writes, Merchant, merchants[0], {"name": "never"})
+            for n in range(150):
+                await rows.insert_row(writes, Event, _event(merchants[0], f"evt_new{n:03d}", {}))
+            await rows.insert_row(writes, Event, _event(merchants[0], "evt_000", {}))
+            await writes.flush()
+    async with ctx.db.sessions() as s:
+        assert (await s.get(Merchant, merchants[0])).name == "renamed0"  # type: ignore[union-attr]
+        assert (await s.execute(select(Event.id).where(
+            Event.id.like("evt_new%")))).first() is None
 
 
 def test_what_cannot_be_run_exactly_is_refused_before_the_database() -> None:

@@ -228,6 +228,7 @@ class _Pending:
     form: PaymentForm
     replace_expired: bool  # an expired record holds this Idempotency-Key
     key_id: str
+    policy_session_id: str | None
     value: int
     recipient: str
     payment_id: str
@@ -292,7 +293,8 @@ async def _sign(
     finally:
         del secret
     return _Pending(principal, req, idempotency_key, fingerprint, form, lookup.expired, key.id,
-                    value, recipient, payment_id, prepared, unsigned_code, deadline)
+                    key.policy_session_id, value, recipient, payment_id, prepared,
+                    unsigned_code, deadline)
 
 
 _Outcome = _Authorized | dict[str, Any] | ZpayError
@@ -445,54 +447,81 @@ async def _locked(s: Executor, model: type[_M], statement: dict[str, Any], diale
 
 
 class _Coalescer(Generic[_In, _Out]):
-    """Coalescing in this process: work queues up while a transaction runs, and the next
-    transaction takes it all (up to `MAX_BATCH`), in arrival order — of one key or many,
-    so a burst costs the database one transaction, not one per key. Between processes the
-    keys' row locks still serialize the transactions, so every decision stays exact
+    """Coalescing in this process. Work starts at once while fewer than `MAX_RUNNING`
+    transactions run; beyond that it queues, and the next transaction takes what has
+    queued (up to `MAX_BATCH`), in arrival order — of one key or many, so a burst costs
+    the database a few transactions, not one per payment. A key, a policy session and an
+    Idempotency-Key are in at most one running transaction of this process, so their work
+    is decided in arrival order without waiting on a lock this process holds. Between
+    processes the rows' locks serialize the transactions, so every decision stays exact
     everywhere."""
 
     MAX_BATCH = 64
+    MAX_RUNNING = 4
 
     def __init__(self, run: Callable[[AppContext, list[_In]], Awaitable[list[_Out]]],
+                 rows_of: Callable[[_In], Iterable[str | None]],
                  conflict: Callable[[_In], Any] = lambda _item: None) -> None:
-        self._run_batch, self._conflict = run, conflict
+        self._run_batch, self._rows_of, self._conflict = run, rows_of, conflict
         self._queue: list[tuple[_In, asyncio.Future[_Out]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._busy: set[Any] = set()  # the rows and conflicts of running transactions
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, ctx: AppContext, item: _In) -> _Out:
         future: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # also when the request itself is gone
         self._queue.append((item, future))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(ctx))
+        self._start(ctx)
         # Shielded: a cancelled request's work may already be committing with its batch
         # (its Idempotency-Key then answers it; reconciliation finishes what it left).
         return await asyncio.shield(future)
 
-    async def _drain(self, ctx: AppContext) -> None:
-        queue = self._queue
+    def _start(self, ctx: AppContext) -> None:
+        while len(self._running) < self.MAX_RUNNING and self._queue:
+            batch, claims = self._take()
+            if not batch:
+                return
+            self._busy |= claims
+            task = asyncio.create_task(self._run_claimed(ctx, batch, claims))
+            self._running.add(task)
+
+    def _take(self) -> tuple[list[tuple[_In, asyncio.Future[_Out]]], set[Any]]:
+        """The next batch: queued work whose rows (key, policy session) and Idempotency-Key
+        no running transaction holds, one use of an Idempotency-Key per batch (a second
+        use then conflicts and is answered from the first), in arrival order."""
+        batch: list[tuple[_In, asyncio.Future[_Out]]] = []
+        left: list[tuple[_In, asyncio.Future[_Out]]] = []
+        claims: set[Any] = set()
+        for entry in self._queue:
+            locked = {row for row in self._rows_of(entry[0]) if row is not None}
+            conflict = self._conflict(entry[0])
+            if (len(batch) == self.MAX_BATCH or not locked.isdisjoint(self._busy)
+                    or (conflict is not None and (conflict in claims or conflict in self._busy))):
+                left.append(entry)
+                continue
+            claims |= locked
+            if conflict is not None:
+                claims.add(conflict)
+            batch.append(entry)
+        self._queue[:] = left
+        return batch, claims
+
+    async def _run_claimed(self, ctx: AppContext, batch: list[tuple[_In, asyncio.Future[_Out]]],
+                           claims: set[Any]) -> None:
         try:
-            while queue:
-                batch, seen = [], set()
-                for item in list(queue):
-                    # Conflicting items (one Idempotency-Key used twice) go to different
-                    # transactions: the second then conflicts and is answered from the first.
-                    conflict = self._conflict(item[0])
-                    if conflict is not None and conflict in seen:
-                        continue
-                    seen.add(conflict)
-                    batch.append(item)
-                    queue.remove(item)
-                    if len(batch) == self.MAX_BATCH:
-                        break
-                await self._run(ctx, batch)
-        finally:
-            self._task = None
-            for _, future in queue:  # only if this task itself was cancelled
+            await self._run(ctx, batch)
+        except BaseException:
+            # Cancelled: the server stops, and nothing queued will be taken any more.
+            for _, future in self._queue:
                 if not future.done():
                     future.set_exception(ZpayError("the server is stopping; retry",
                                                    code="service_unavailable"))
-            queue.clear()
+            self._queue.clear()
+            raise
+        finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._busy -= claims
+        self._start(ctx)
 
     async def _run(self, ctx: AppContext, batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
         try:
@@ -553,8 +582,10 @@ def _batches_of(ctx: AppContext) -> _KeyBatches:
     batches = _BATCHES.get(ctx.db)
     if batches is None:
         batches = _BATCHES[ctx.db] = _KeyBatches(
-            _Coalescer(_authorize_batch, lambda pending: pending.scope),
-            _Coalescer(_settle_batch))
+            _Coalescer(_authorize_batch,
+                       lambda pending: (pending.key_id, pending.policy_session_id),
+                       lambda pending: pending.scope),
+            _Coalescer(_settle_batch, lambda settlement: (settlement[0],)))
     return batches
 
 

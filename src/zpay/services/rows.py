@@ -58,9 +58,9 @@ class DeferredWrites:
     """The executor for a transaction that writes many rows and reads none of them back (a
     coalesced batch of payments): `insert_row`s — and `update_row`s of the tables named in
     `updates` — wait for `flush`, which sends them in as few round trips as the executor
-    allows: ONE statement on PostgreSQL when each is a single row (`execute_together`),
-    else one pipelined executemany per shape; always in the order first made (a parent
-    before its children). Every other statement runs at once: use it only where no
+    allows: ONE statement on PostgreSQL (`execute_together`: an INSERT of many rows as one
+    multi-row VALUES), else one executemany per shape; always in the order first made (a
+    parent before its children). Every other statement runs at once: use it only where no
     statement reads what a deferred one writes."""
 
     def __init__(self, executor: Executor, *, updates: tuple[Any, ...] = ()) -> None:
@@ -88,8 +88,8 @@ class DeferredWrites:
     async def flush(self) -> None:
         pending, self._pending = list(self._pending.values()), {}
         together = getattr(self._executor, "execute_together", None)
-        if together is not None and len(pending) > 1 and all(len(r) == 1 for _, r in pending):
-            await together([(statement, rows[0]) for statement, rows in pending])
+        if together is not None:
+            await together(pending)
             return
         for statement, rows in pending:
             # One row: a plain execute (an executemany of one costs a little more).

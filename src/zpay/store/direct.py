@@ -43,6 +43,9 @@ from sqlalchemy.sql.selectable import Select
 
 _DIALECT: Dialect = asyncpg_dialect()
 _NUMERIC_OID = 1700
+# PostgreSQL binds at most 65,535 values per statement; a combined write stays well under.
+_MAX_BOUND_VALUES = 30_000
+_MAX_ROWS_PER_INSERT = 64  # one shape per row count: a bounded number of statement texts
 _MAX_SHAPES = 2000  # statement shapes; more means statements are built with inlined values
 
 
@@ -154,6 +157,17 @@ _COUNT = re.compile(r"(\d+)$")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+def _multirow(compiled: _Compiled, rows: int, offset: int) -> str:
+    """A compiled statement renumbered from `offset`; an INSERT of `rows` rows as one
+    multi-row VALUES (each row's values follow the previous row's)."""
+    if rows == 1:
+        return _renumbered(compiled.sql, offset)
+    head, values = compiled.sql.split(" VALUES ", 1)
+    width = len(compiled.names)
+    return f"{head} VALUES " + ", ".join(
+        _renumbered(values, offset + n * width) for n in range(rows))
+
+
 def _renumbered(sql: str, offset: int) -> str:
     """A compiled statement's `$n` placeholders moved up by `offset` (every value is bound:
     compiled SQL carries no literal that could hold a `$`)."""
@@ -229,31 +243,59 @@ class DirectExecutor:
             await self._connection.executemany(compiled.sql, batch)
         return DirectResult([], len(batch))
 
-    _together: dict[tuple[str, ...], str] = {}
+    _together: dict[tuple[tuple[str, int], ...], str] = {}
 
-    async def execute_together(self, items: Sequence[tuple[Executable, Mapping[str, Any]]]
-                               ) -> None:
+    async def execute_together(
+        self, items: Sequence[tuple[Executable, Mapping[str, Any] | Sequence[Mapping[str, Any]]]]
+    ) -> None:
         """Several writes (no RETURNING) as ONE statement and round trip: PostgreSQL's
         data-modifying WITH runs each exactly once, all on one snapshot — so none may read
-        or change a row another one writes (the caller's promise; rows.DeferredWrites)."""
-        shapes: list[_Compiled] = []
-        args: list[Any] = []
+        or change a row another one writes (the caller's promise; rows.DeferredWrites).
+        An item with a list of parameter sets writes each: an INSERT as one multi-row
+        VALUES, anything else once per set. Past PostgreSQL's limit of bound values per
+        statement, it takes several statements (still in order, in the caller's
+        transaction)."""
+        parts: list[tuple[_Compiled, int, list[Any]]] = []  # (shape, rows, values)
         for stmt, params in items:
-            compiled, key = self._compiled(stmt, params)
+            many = [params] if isinstance(params, Mapping) else list(params)
+            compiled, key = self._compiled(stmt, many[0])
             if compiled.row is not None:
                 raise TypeError("a combined write answers no rows (no RETURNING)")
-            shapes.append(compiled)
-            args += self._args(compiled, key, params)
-        shape = tuple(c.sql for c in shapes)
+            if isinstance(stmt, Insert):
+                for start in range(0, len(many), _MAX_ROWS_PER_INSERT):
+                    chunk = many[start:start + _MAX_ROWS_PER_INSERT]
+                    parts.append((compiled, len(chunk), [
+                        v for p in chunk for v in self._args(compiled, key, p)]))
+            else:
+                parts += [(compiled, 1, self._args(compiled, key, p)) for p in many]
+        statement: list[tuple[_Compiled, int, list[Any]]] = []
+        bound = 0
+        for part in parts:
+            if statement and bound + len(part[2]) > _MAX_BOUND_VALUES:
+                await self._write_together(statement)
+                statement, bound = [], 0
+            statement.append(part)
+            bound += len(part[2])
+        if statement:
+            await self._write_together(statement)
+
+    async def _write_together(self, parts: list[tuple[_Compiled, int, list[Any]]]) -> None:
+        if len(parts) == 1 and parts[0][1] == 1:
+            compiled, _, args = parts[0]
+            with _as_sqlalchemy_errors(compiled.sql, args):
+                await self._connection.execute(compiled.sql, *args)
+            return
+        shape = tuple((compiled.sql, rows) for compiled, rows, _ in parts)
         sql = self._together.get(shape)
         if sql is None:
-            parts, offset = [], 0
-            for n, compiled in enumerate(shapes):
-                parts.append(f"w{n} AS ({_renumbered(compiled.sql, offset)})")
-                offset += len(compiled.names)
+            ctes, offset = [], 0
+            for n, (compiled, rows, _) in enumerate(parts):
+                ctes.append(f"w{n} AS ({_multirow(compiled, rows, offset)})")
+                offset += rows * len(compiled.names)
             if len(self._together) >= _MAX_SHAPES:
                 self._together.clear()
-            sql = self._together[shape] = f"WITH {', '.join(parts)} SELECT 1"
+            sql = self._together[shape] = f"WITH {', '.join(ctes)} SELECT 1"
+        args = [v for _, _, values in parts for v in values]
         with _as_sqlalchemy_errors(sql, args):
             await self._connection.execute(sql, *args)
 
