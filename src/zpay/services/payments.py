@@ -65,9 +65,12 @@ _LOCK_KEYS, _LOCK_POLICIES = ({
     dialect: select(table).where(rows.ids_in(table.c.id, dialect)).order_by(table.c.id)
     .with_for_update() for dialect in ("postgresql", "sqlite")} for table in (_KEYS, _POLICIES))
 _AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
-_LOCK_PAYMENT_OF_TRANSFER = select(_PAYMENTS).where(
-    _PAYMENTS.c.id == select(_TRANSFERS.c.subject_id)
-    .where(_TRANSFERS.c.id == bindparam("transfer_id")).scalar_subquery()).with_for_update()
+# A settlement's payments, each with the transfer that names it, locked in id order.
+_LOCK_PAYMENTS_OF_TRANSFERS = {
+    dialect: select(_PAYMENTS, _TRANSFERS.c.id.label("transfer_id"))
+    .join(_TRANSFERS, _TRANSFERS.c.subject_id == _PAYMENTS.c.id)
+    .where(rows.ids_in(_TRANSFERS.c.id, dialect)).order_by(_PAYMENTS.c.id)
+    .with_for_update(of=_PAYMENTS) for dialect in ("postgresql", "sqlite")}
 
 
 class PaymentRequest(Request):
@@ -690,11 +693,23 @@ def _failure_code(payment_id: str, status: TransferStatus) -> str:
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-async def _locked_payment_of(s: Executor, transfer_id: str) -> Payment:
-    """A transfer's payment under its row lock (the key's is taken first), as a transient
-    copy (written with single statements)."""
-    row = (await s.execute(_LOCK_PAYMENT_OF_TRANSFER, {"transfer_id": transfer_id})).one()
-    return rows.transient(Payment, row._mapping)
+async def _locked_payments_of(s: Executor, dialect: str,
+                              transfer_ids: Iterable[str]) -> dict[str, Payment]:
+    """Transfers' payments under their row locks (their keys' are taken first), by transfer
+    id, as transient copies (written with single statements): ONE instance per payment,
+    so what a batch does to a payment, its next transfer sees."""
+    found = (await s.execute(_LOCK_PAYMENTS_OF_TRANSFERS[dialect],
+                             {"ids": sorted(set(transfer_ids))})).all()
+    payments: dict[str, Payment] = {}
+    by_transfer = {}
+    for row in found:
+        columns = row._mapping
+        payment = payments.get(columns["id"])
+        if payment is None:
+            payment = payments[columns["id"]] = rows.transient(
+                Payment, {c.key: columns[c.key] for c in _PAYMENTS.columns})
+        by_transfer[columns["transfer_id"]] = payment
+    return by_transfer
 
 
 async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> dict[str, Any]:
@@ -717,20 +732,19 @@ async def _settle_batch(ctx: AppContext,
     views = []
     async with ctx.db.hot_transaction() as tx:
         # Its payments, events and the keys' books go out together at the end: nothing
-        # here reads them back — but a payment met twice in one batch, whose first write
-        # then goes out before it is read again.
+        # here reads them back (a payment met twice is the one instance both times).
         s = rows.DeferredWrites(tx, updates=(SessionKey, Payment))
         keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect,
                              {key_id for key_id, _, _ in batch})
+        payments = await _locked_payments_of(s, ctx.db.dialect,
+                                             (transfer_id for _, transfer_id, _ in batch))
         ledgers = {key_id: ledger_of(key) for key_id, key in keys.items()}
         captured = dict.fromkeys(keys, 0)
         settled: set[str] = set()
         for key_id, transfer_id, status in batch:
-            key = keys[key_id]
-            payment = await _locked_payment_of(s, transfer_id)
+            key, payment = keys[key_id], payments[transfer_id]
             if payment.id in settled:
-                await s.flush()
-                payment = await _locked_payment_of(s, transfer_id)
+                await s.flush()  # its first write goes out before its second
             settled.add(payment.id)
             code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
                     else None)

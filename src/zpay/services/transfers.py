@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from zpay.chains.protocol import (
     TransferState,
     TransferStatus,
 )
-from zpay.services.rows import insert_row, table_of, transient
+from zpay.services.rows import insert_row, table_of
 from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import ChainTransfer, SessionKey
@@ -59,10 +60,17 @@ async def insert(s: Executor, *, key: SessionKey, kind: str, subject_id: str,
     return transfer_id
 
 
+@dataclass(frozen=True)
+class Concluded:
+    """A transfer `conclude_row` just made final: the id the chain knows it by."""
+
+    tx_id: str | None
+
+
 async def conclude_row(s: Executor, transfer_id: str, status: TransferStatus,
-                       code: str | None, now: datetime) -> ChainTransfer | None:
-    """`conclude` in one conditional UPDATE: the transfer as concluded, or None if it was
-    already final (another process concluded it) or the answer is not final."""
+                       code: str | None, now: datetime) -> Concluded | None:
+    """`conclude` in one conditional UPDATE, or None if the transfer was already final
+    (another process concluded it) or the answer is not final."""
     if status.state is TransferState.CONFIRMED:
         row = (await s.execute(_CONFIRM, {"transfer_id": transfer_id, "now": now,
                                           "confirmed_tx_id": status.tx_id})).first()
@@ -71,7 +79,7 @@ async def conclude_row(s: Executor, transfer_id: str, status: TransferStatus,
                                        "code": code})).first()
     else:
         return None
-    return None if row is None else transient(ChainTransfer, row._mapping)
+    return None if row is None else Concluded(row.tx_id)
 
 
 def _conclude(**values: Any) -> Any:
@@ -79,7 +87,7 @@ def _conclude(**values: Any) -> Any:
     return (update(table).where(table.c.id == bindparam("transfer_id"),
                                 table.c.status == PENDING)
             .values(updated_at=bindparam("now", type_=table.c.updated_at.type), **values)
-            .returning(*table.columns))
+            .returning(table.c.tx_id))
 
 
 # Built once: each call only binds values (store.direct). A confirmation without a tx id
