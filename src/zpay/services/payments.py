@@ -67,7 +67,9 @@ _LOCK_KEYS, _LOCK_POLICIES = ({
 _AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
 # A settlement's payments, each with the transfer that names it, locked in id order.
 _LOCK_PAYMENTS_OF_TRANSFERS = {
-    dialect: select(_PAYMENTS, _TRANSFERS.c.id.label("transfer_id"))
+    dialect: select(_PAYMENTS, _TRANSFERS.c.id.label("transfer_id"),
+                    _TRANSFERS.c.status.label("transfer_status"),
+                    _TRANSFERS.c.reference.label("transfer_reference"))
     .join(_TRANSFERS, _TRANSFERS.c.subject_id == _PAYMENTS.c.id)
     .where(rows.ids_in(_TRANSFERS.c.id, dialect)).order_by(_PAYMENTS.c.id)
     .with_for_update(of=_PAYMENTS) for dialect in ("postgresql", "sqlite")}
@@ -693,11 +695,20 @@ def _failure_code(payment_id: str, status: TransferStatus) -> str:
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+@dataclass
+class _Settling:
+    """A transfer being settled and its payment (one instance per payment in a batch, so
+    what the batch does to a payment, its next transfer sees)."""
+
+    payment: Payment
+    reference: str
+    pending: bool  # not yet concluded, as read under the key's lock (or by this batch)
+
+
 async def _locked_payments_of(s: Executor, dialect: str,
-                              transfer_ids: Iterable[str]) -> dict[str, Payment]:
+                              transfer_ids: Iterable[str]) -> dict[str, _Settling]:
     """Transfers' payments under their row locks (their keys' are taken first), by transfer
-    id, as transient copies (written with single statements): ONE instance per payment,
-    so what a batch does to a payment, its next transfer sees."""
+    id, as transient copies (written with single statements)."""
     found = (await s.execute(_LOCK_PAYMENTS_OF_TRANSFERS[dialect],
                              {"ids": sorted(set(transfer_ids))})).all()
     payments: dict[str, Payment] = {}
@@ -708,7 +719,9 @@ async def _locked_payments_of(s: Executor, dialect: str,
         if payment is None:
             payment = payments[columns["id"]] = rows.transient(
                 Payment, {c.key: columns[c.key] for c in _PAYMENTS.columns})
-        by_transfer[columns["transfer_id"]] = payment
+        by_transfer[columns["transfer_id"]] = _Settling(
+            payment, columns["transfer_reference"],
+            columns["transfer_status"] == transfers.PENDING)
     return by_transfer
 
 
@@ -731,29 +744,33 @@ async def _settle_batch(ctx: AppContext,
     now = ctx.now()
     views = []
     async with ctx.db.hot_transaction() as tx:
-        # Its payments, events and the keys' books go out together at the end: nothing
-        # here reads them back (a payment met twice is the one instance both times).
-        s = rows.DeferredWrites(tx, updates=(SessionKey, Payment))
+        # Its transfers, payments, events and the keys' books go out together at the end:
+        # nothing here reads them back (a payment met twice is the one instance both times).
+        s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
         keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect,
                              {key_id for key_id, _, _ in batch})
-        payments = await _locked_payments_of(s, ctx.db.dialect,
+        settling = await _locked_payments_of(s, ctx.db.dialect,
                                              (transfer_id for _, transfer_id, _ in batch))
         ledgers = {key_id: ledger_of(key) for key_id, key in keys.items()}
         captured = dict.fromkeys(keys, 0)
         settled: set[str] = set()
         for key_id, transfer_id, status in batch:
-            key, payment = keys[key_id], payments[transfer_id]
+            key, transfer = keys[key_id], settling[transfer_id]
+            payment = transfer.payment
             if payment.id in settled:
                 await s.flush()  # its first write goes out before its second
             settled.add(payment.id)
             code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
                     else None)
-            transfer = await transfers.conclude_row(s, transfer_id, status, code, now)
-            if transfer is not None:
+            if transfer.pending and status.state in (TransferState.CONFIRMED,
+                                                     TransferState.FAILED):
+                transfer.pending = False
+                tx_id = await transfers.conclude_locked(s, transfer_id, transfer.reference,
+                                                        status, code, now)
                 if (status.state is TransferState.CONFIRMED
                         and payment.status != PaymentStatus.SUCCEEDED):
                     ledgers[key_id] = await _capture(s, key, ledgers[key_id], payment,
-                                                     transfer.tx_id, now)
+                                                     tx_id, now)
                     captured[key_id] += 1
                 elif (status.state is TransferState.FAILED
                         and payment.status == PaymentStatus.SUBMITTED):

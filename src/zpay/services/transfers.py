@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zpay.chains.protocol import (
@@ -27,7 +25,7 @@ from zpay.chains.protocol import (
     TransferState,
     TransferStatus,
 )
-from zpay.services.rows import insert_row, table_of
+from zpay.services.rows import insert_row, update_row
 from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import ChainTransfer, SessionKey
@@ -60,41 +58,23 @@ async def insert(s: Executor, *, key: SessionKey, kind: str, subject_id: str,
     return transfer_id
 
 
-@dataclass(frozen=True)
-class Concluded:
-    """A transfer `conclude_row` just made final: the id the chain knows it by."""
-
-    tx_id: str | None
-
-
-async def conclude_row(s: Executor, transfer_id: str, status: TransferStatus,
-                       code: str | None, now: datetime) -> Concluded | None:
-    """`conclude` in one conditional UPDATE, or None if the transfer was already final
-    (another process concluded it) or the answer is not final."""
+async def conclude_locked(s: Executor, transfer_id: str, reference: str,
+                          status: TransferStatus, code: str | None,
+                          now: datetime) -> str | None:
+    """`conclude` as one UPDATE by id, for a transfer read `pending` under its key's row
+    lock: every conclusion takes that lock first (`lock_key_of`, the payment hot path),
+    so it is still pending. The id the chain knows it by (a confirmation without one keeps
+    the reference: what zpay sent is what landed); None, and nothing written, when the
+    answer is not final."""
     if status.state is TransferState.CONFIRMED:
-        row = (await s.execute(_CONFIRM, {"transfer_id": transfer_id, "now": now,
-                                          "confirmed_tx_id": status.tx_id})).first()
-    elif status.state is TransferState.FAILED:
-        row = (await s.execute(_FAIL, {"transfer_id": transfer_id, "now": now,
-                                       "code": code})).first()
-    else:
-        return None
-    return None if row is None else Concluded(row.tx_id)
-
-
-def _conclude(**values: Any) -> Any:
-    table = table_of(ChainTransfer)
-    return (update(table).where(table.c.id == bindparam("transfer_id"),
-                                table.c.status == PENDING)
-            .values(updated_at=bindparam("now", type_=table.c.updated_at.type), **values)
-            .returning(table.c.tx_id))
-
-
-# Built once: each call only binds values (store.direct). A confirmation without a tx id
-# keeps the transfer's reference (what zpay sent is what landed).
-_CONFIRM = _conclude(status=CONFIRMED, tx_id=func.coalesce(
-    bindparam("confirmed_tx_id", type_=String), table_of(ChainTransfer).c.reference))
-_FAIL = _conclude(status=FAILED, failure_code=bindparam("code", type_=String))
+        tx_id = status.tx_id or reference
+        await update_row(s, ChainTransfer, transfer_id, dict(
+            status=CONFIRMED, tx_id=tx_id, updated_at=now))
+        return tx_id
+    if status.state is TransferState.FAILED:
+        await update_row(s, ChainTransfer, transfer_id, dict(
+            status=FAILED, failure_code=code, updated_at=now))
+    return None
 
 
 async def lock_key_of(s: AsyncSession, transfer_id: str) -> SessionKey:
