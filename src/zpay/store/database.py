@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from zpay.store import credentials as _credentials  # noqa: F401 - announces credential changes
 from zpay.store.direct import Executor, direct_connection
+from zpay.store.direct_pool import DirectPool
 
 
 class NotMigrated(RuntimeError):
@@ -75,6 +76,8 @@ class Database:
         self._writers = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.engine.dialect.name == "sqlite" else None
         self._on_dispose: list[Callable[[], Awaitable[None]]] = []
+        self._pool_size = pool_size
+        self._direct_pool: DirectPool | None = None
 
     @property
     def dialect(self) -> str:
@@ -108,7 +111,10 @@ class Database:
             async with self.transaction() if write else self.sessions() as session:
                 yield session
             return
-        async with direct_connection(self.engine, transaction=write) as executor:
+        if self._direct_pool is None:
+            # As many as SQLAlchemy's pool allows (pool_size + max_overflow), and apart.
+            self._direct_pool = DirectPool(self.driver_dsn, 2 * self._pool_size)
+        async with direct_connection(self._direct_pool, transaction=write) as executor:
             yield executor
 
     async def current_revision(self) -> str | None:
@@ -147,6 +153,9 @@ class Database:
         closers, self._on_dispose = self._on_dispose, []
         for close in closers:
             await close()
+        if self._direct_pool is not None:
+            await self._direct_pool.close()
+            self._direct_pool = None
         await self.engine.dispose()
 
 

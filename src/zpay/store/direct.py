@@ -3,8 +3,8 @@
 SQLAlchemy's async engine costs about 0.5 ms of CPU per statement on this kind of machine
 (greenlet hops, its execution context, a BEGIN round trip even for a read) — measured
 (benchmarks/hot_path.py) as more than half of a payment's server time, against ~0.1 ms for
-asyncpg itself. `DirectExecutor` runs the same Core statements on the same pooled
-connections, without that machinery:
+asyncpg itself. `DirectExecutor` runs the same Core statements on connections of the
+hot path's own pool (store.direct_pool), without that machinery:
 
 - each statement shape is compiled ONCE by SQLAlchemy's own compiler for the asyncpg
   dialect (its cache key, as SQLAlchemy's own statement cache uses), and its values go
@@ -35,11 +35,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine.interfaces import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import Insert, UpdateBase
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import Select
+
+from zpay.store.direct_pool import DirectPool
 
 _DIALECT: Dialect = asyncpg_dialect()
 _NUMERIC_OID = 1700
@@ -309,13 +310,12 @@ class DirectExecutor:
 
 
 @asynccontextmanager
-async def direct_connection(engine: AsyncEngine, *, transaction: bool
+async def direct_connection(pool: DirectPool, *, transaction: bool
                             ) -> AsyncIterator[DirectExecutor]:
-    """A pooled connection of `engine` driven directly; in one transaction (committed on
-    success, rolled back on any error) when `transaction`."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    """A connection of `pool` driven directly; in one transaction (committed on success,
+    rolled back on any error) when `transaction`."""
+    driver, opened = await pool.acquire()
+    try:
         if not transaction:
             yield DirectExecutor(driver)
             return
@@ -328,11 +328,10 @@ async def direct_connection(engine: AsyncEngine, *, transaction: bool
             if not driver.is_closed() and driver.is_in_transaction():
                 await tx.rollback()
             raise
-        finally:
-            # SQLAlchemy's pool knows nothing of this transaction: a connection still in
-            # one (a rollback that was itself cancelled) must never be handed out again.
-            if not driver.is_closed() and driver.is_in_transaction():
-                raw.invalidate()
+    finally:
+        # A connection still in a transaction (a rollback that was itself cancelled) is
+        # closed, never handed out again.
+        pool.release(driver, opened)
 
 
 class Executor(Protocol):
