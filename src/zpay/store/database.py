@@ -112,8 +112,9 @@ class Database:
                 yield session
             return
         if self._direct_pool is None:
-            # As many as SQLAlchemy's pool allows (pool_size + max_overflow), and apart.
-            self._direct_pool = DirectPool(self.driver_dsn, 2 * self._pool_size)
+            # Its own `pool_size` connections, apart from SQLAlchemy's pool (which the
+            # rest of zpay uses, so it rarely opens its overflow now).
+            self._direct_pool = DirectPool(self.driver_dsn, self._pool_size)
         async with direct_connection(self._direct_pool, transaction=write) as executor:
             yield executor
 
