@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
 
 from tests.chains.solana_support import open_env, wallet_sign
 from zpay.chains import solana_local
@@ -22,9 +24,9 @@ from zpay.chains.protocol import (
     TransferState,
 )
 from zpay.chains.registry import get_network
-from zpay.chains.solana import SolanaAdapter
+from zpay.chains.solana import SolanaAdapter, TxRejected
 from zpay.chains.solana_local import LEDGER_FILE, STATE_FILE, LocalChain
-from zpay.chains.solana_tx import associated_token_address
+from zpay.chains.solana_tx import associated_token_address, build_transfer
 
 USDC = 10**6
 
@@ -218,4 +220,31 @@ def test_local_chain_is_safe_to_share_between_threads() -> None:
     account = chain.get_account(associated_token_address(owner, mint))
     assert account is not None
     assert int.from_bytes(account.data[64:72], "little") == 200
+    chain.close()
+
+
+def test_a_transaction_with_a_bad_or_missing_signature_is_refused_and_not_recorded() -> None:
+    """The chain verifies signatures once itself (LiteSVM's own check is off): a forged
+    signature, or one signer's missing, is refused before anything runs, and the genuine
+    transaction still lands afterwards."""
+    chain = LocalChain(None, tokens={"USDC": 6})
+    mint = Pubkey.from_string(chain.mint_address("USDC"))
+    owner, to = Keypair(), Keypair().pubkey()
+    chain.faucet_mint(owner.pubkey(), mint, 10)
+    genuine = build_transfer(
+        fee_payer=chain.fee_payer, owner=owner, destination_owner=to, mint=mint, decimals=6,
+        amount_base_units=4, recent_blockhash=chain.latest_blockhash().blockhash,
+        reference_seed="k:pay_1")
+    forged = Transaction.populate(genuine.message, [
+        genuine.signatures[0], Keypair().sign_message(bytes(genuine.message))])
+    unsigned = Transaction.populate(genuine.message, [genuine.signatures[0], Signature.default()])
+    for bad in (forged, unsigned):
+        with pytest.raises(TxRejected) as refused:
+            chain.process(bad)
+        assert "SignatureFailure" in str(refused.value)
+        assert chain.signature_status(bad.signatures[0]).state is TransferState.UNKNOWN
+    chain.process(genuine)
+    assert chain.signature_status(genuine.signatures[0]).state is TransferState.CONFIRMED
+    account = chain.get_account(associated_token_address(owner.pubkey(), mint))
+    assert account is not None and int.from_bytes(account.data[64:72], "little") == 6
     chain.close()
