@@ -324,41 +324,67 @@ class _PolicyBooks:
                            usage=policy_windows.usage(self.limits.windows, self.totals, now))
 
 
-async def _authorize_batch(ctx: AppContext, batch: list[_Pending]) -> list[_Outcome]:
-    """ONE transaction for concurrent authorizations, of one key or many: their keys (and
-    policy sessions) locked once, in id order; each decided in arrival order against the
-    balance and windows the ones before it left; every row written, each key's and each
-    policy's totals once, in one statement at the end."""
+@dataclass(frozen=True)
+class _Settlement:
+    """A chain's answer for a payment's transfer, waiting for its key's lock."""
+
+    key_id: str
+    transfer_id: str
+    status: TransferStatus
+
+
+async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_Outcome]:
+    """ONE transaction for the work queued meanwhile, of one key or many: the keys locked
+    once, in id order; the settlements first (captures and releases booked), then the
+    authorizations, each decided in arrival order against what the ones before it left."""
     now = ctx.now()
+    settling = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Settlement)]
+    authorizing = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Pending)]
+    outcomes: dict[int, _Outcome] = {}
+    async with ctx.db.hot_transaction() as tx:
+        keys = await _locked(tx, SessionKey, _LOCK_KEYS, ctx.db.dialect,
+                             {w.key_id for w in batch})
+        if settling:
+            views = await _settle_locked(tx, ctx, keys, [w for _, w in settling], now)
+            outcomes.update(zip((i for i, _ in settling), views, strict=True))
+        if authorizing:
+            decided = await _authorize_locked(tx, ctx, keys, [w for _, w in authorizing], now)
+            outcomes.update(zip((i for i, _ in authorizing), decided, strict=True))
+    return [outcomes[i] for i in range(len(batch))]
+
+
+async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
+                            batch: list[_Pending], now: datetime) -> list[_Outcome]:
+    """Authorizations of locked keys: their policy sessions locked once, in id order; each
+    decided in arrival order against the balance and windows the ones before it left;
+    every row written, each key's and each policy's totals once, in one statement."""
     outcomes: dict[int, _Outcome] = {}
     by_key: dict[str, list[int]] = {}
     for i, p in enumerate(batch):
         by_key.setdefault(p.key_id, []).append(i)
-    async with ctx.db.hot_transaction() as tx:
-        # Nothing here reads the rows it writes: they go out together at the end.
-        s = rows.DeferredWrites(tx, updates=(SessionKey, PolicySession))
-        keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect, by_key)
-        policies: dict[str, _PolicyBooks] = {}
-        for policy_row in (await _locked(
-                s, PolicySession, _LOCK_POLICIES, ctx.db.dialect,
-                {k.policy_session_id for k in keys.values() if k.policy_session_id})).values():
-            limits = limits_of(policy_row)
-            policies[policy_row.id] = _PolicyBooks(
-                policy_row, limits, await policy_windows.moved(s, policy_row, limits.windows,
-                                                               now),
-                policy_row.total_committed)
-        for key_id, indexes in by_key.items():
-            key = keys[key_id]
-            policy = policies.get(key.policy_session_id or "")
-            for i, outcome in zip(indexes, await _authorize_key(
-                    s, ctx, key, policy, [batch[i] for i in indexes], now), strict=True):
-                outcomes[i] = outcome
-        for policy in policies.values():
-            if policy.total_committed != policy.row.total_committed:
-                await rows.update_row(s, PolicySession, policy.row.id, dict(
-                    total_committed=policy.total_committed,
-                    **policy_windows.values(policy.totals)))
-        await s.flush()
+    # Nothing here reads the rows it writes: they go out together at the end.
+    s = rows.DeferredWrites(tx, updates=(SessionKey, PolicySession))
+    policies: dict[str, _PolicyBooks] = {}
+    for policy_row in (await _locked(
+            s, PolicySession, _LOCK_POLICIES, ctx.db.dialect,
+            {linked for k in by_key
+             if (linked := keys[k].policy_session_id) is not None})).values():
+        limits = limits_of(policy_row)
+        policies[policy_row.id] = _PolicyBooks(
+            policy_row, limits, await policy_windows.moved(s, policy_row, limits.windows, now),
+            policy_row.total_committed)
+    for key_id, indexes in by_key.items():
+        key = keys[key_id]
+        policy = policies.get(key.policy_session_id or "")
+        for i, outcome in zip(indexes, await _authorize_key(
+                s, ctx, key, policy, [batch[i] for i in indexes], now), strict=True):
+            outcomes[i] = outcome
+    for policy in policies.values():
+        if policy.total_committed != policy.row.total_committed:
+            await rows.update_row(s, PolicySession, policy.row.id, dict(
+                total_committed=policy.total_committed,
+                **policy_windows.values(policy.totals)))
+    await s.flush()
     return [outcomes[i] for i in range(len(batch))]
 
 
@@ -562,16 +588,21 @@ def _one_by_one(exc: Exception) -> bool:
 
 @dataclass
 class _KeyBatches:
-    """The coalescers of one database in this process."""
+    """The coalescer of one database in this process: authorizations and settlements
+    share its transactions (`_turn`)."""
 
-    authorizations: _Coalescer[_Pending, _Outcome]
-    settlements: _Coalescer[tuple[str, str, TransferStatus], dict[str, Any]]
+    turns: _Coalescer[_Pending | _Settlement, _Outcome]
 
     async def authorize(self, ctx: AppContext, pending: _Pending) -> _Authorized | dict[str, Any]:
-        outcome = await self.authorizations.submit(ctx, pending)
+        outcome = await self.turns.submit(ctx, pending)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    async def settle(self, ctx: AppContext, settlement: _Settlement) -> dict[str, Any]:
+        view = await self.turns.submit(ctx, settlement)
+        assert isinstance(view, dict)
+        return view
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -586,11 +617,10 @@ def _batches_of(ctx: AppContext) -> _KeyBatches:
     """One coalescer per database per process (the key's row lock guards between them)."""
     batches = _BATCHES.get(ctx.db)
     if batches is None:
-        batches = _BATCHES[ctx.db] = _KeyBatches(
-            _Coalescer(_authorize_batch,
-                       lambda pending: (pending.key_id, pending.policy_session_id),
-                       lambda pending: pending.scope),
-            _Coalescer(_settle_batch, lambda settlement: (settlement[0],)))
+        batches = _BATCHES[ctx.db] = _KeyBatches(_Coalescer(
+            _turn, lambda work: ((work.key_id, work.policy_session_id)
+                                 if isinstance(work, _Pending) else (work.key_id,)),
+            lambda work: work.scope if isinstance(work, _Pending) else None))
     return batches
 
 
@@ -613,8 +643,8 @@ async def _send_and_settle(ctx: AppContext, authorized: _Authorized) -> dict[str
     adapter = ctx.chains.get(authorized.key.chain)
     remaining = max(authorized.deadline - asyncio.get_running_loop().time(), 0)
     status = await transfers.send_and_wait(adapter, authorized.prepared, remaining)
-    return await _batches_of(ctx).settlements.submit(
-        ctx, (authorized.key.id, authorized.transfer_id, status))
+    return await _batches_of(ctx).settle(
+        ctx, _Settlement(authorized.key.id, authorized.transfer_id, status))
 
 
 async def _lock_policy(s: Executor, policy_session_id: str | None) -> PolicySession | None:
@@ -738,50 +768,53 @@ async def settle(ctx: AppContext, transfer_id: str, status: TransferStatus) -> d
 
 async def _settle_batch(ctx: AppContext,
                         batch: list[tuple[str, str, TransferStatus]]) -> list[dict[str, Any]]:
-    """ONE transaction settles (key id, transfer id, chain answer)s, of one key or many
-    (the payment hot path's second): the keys locked once, in id order, and each written
-    once; each payment captured or released in order."""
-    now = ctx.now()
+    """Settle (key id, transfer id, chain answer)s in one transaction (see `_turn`)."""
+    views = await _turn(ctx, [_Settlement(*settlement) for settlement in batch])
+    return [view for view in views if isinstance(view, dict)]
+
+
+async def _settle_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
+                         batch: list[_Settlement], now: datetime) -> list[dict[str, Any]]:
+    """Settlements of locked keys (the payment hot path's second step): each payment
+    captured or released in order, each key written once (and kept in step in `keys`, for
+    the authorizations that follow in the same transaction)."""
     views = []
-    async with ctx.db.hot_transaction() as tx:
-        # Its transfers, payments, events and the keys' books go out together at the end:
-        # nothing here reads them back (a payment met twice is the one instance both times).
-        s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
-        keys = await _locked(s, SessionKey, _LOCK_KEYS, ctx.db.dialect,
-                             {key_id for key_id, _, _ in batch})
-        settling = await _locked_payments_of(s, ctx.db.dialect,
-                                             (transfer_id for _, transfer_id, _ in batch))
-        ledgers = {key_id: ledger_of(key) for key_id, key in keys.items()}
-        captured = dict.fromkeys(keys, 0)
-        settled: set[str] = set()
-        for key_id, transfer_id, status in batch:
-            key, transfer = keys[key_id], settling[transfer_id]
-            payment = transfer.payment
-            if payment.id in settled:
-                await s.flush()  # its first write goes out before its second
-            settled.add(payment.id)
-            code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
-                    else None)
-            if transfer.pending and status.state in (TransferState.CONFIRMED,
-                                                     TransferState.FAILED):
-                transfer.pending = False
-                tx_id = await transfers.conclude_locked(s, transfer_id, transfer.reference,
-                                                        status, code, now)
-                if (status.state is TransferState.CONFIRMED
-                        and payment.status != PaymentStatus.SUCCEEDED):
-                    ledgers[key_id] = await _capture(s, key, ledgers[key_id], payment,
-                                                     tx_id, now)
-                    captured[key_id] += 1
-                elif (status.state is TransferState.FAILED
-                        and payment.status == PaymentStatus.SUBMITTED):
-                    assert code is not None
-                    ledgers[key_id] = await _release(s, key, ledgers[key_id], payment, code,
-                                                     now)
-            views.append(_view(payment, key))
-        for key_id, key in keys.items():
-            if captured[key_id] or ledgers[key_id] != ledger_of(key):
-                await _book_settled(s, key, ledgers[key_id], captured[key_id], now)
-        await s.flush()
+    # Its transfers, payments, events and the keys' books go out together at the end:
+    # nothing here reads them back (a payment met twice is the one instance both times).
+    s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
+    settling = await _locked_payments_of(s, ctx.db.dialect, (w.transfer_id for w in batch))
+    settled_keys = {w.key_id for w in batch}
+    ledgers = {key_id: ledger_of(keys[key_id]) for key_id in settled_keys}
+    captured = dict.fromkeys(settled_keys, 0)
+    settled: set[str] = set()
+    for work in batch:
+        key_id, transfer_id, status = work.key_id, work.transfer_id, work.status
+        key, transfer = keys[key_id], settling[transfer_id]
+        payment = transfer.payment
+        if payment.id in settled:
+            await s.flush()  # its first write goes out before its second
+        settled.add(payment.id)
+        code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
+                else None)
+        if transfer.pending and status.state in (TransferState.CONFIRMED,
+                                                 TransferState.FAILED):
+            transfer.pending = False
+            tx_id = await transfers.conclude_locked(s, transfer_id, transfer.reference,
+                                                    status, code, now)
+            if (status.state is TransferState.CONFIRMED
+                    and payment.status != PaymentStatus.SUCCEEDED):
+                ledgers[key_id] = await _capture(s, key, ledgers[key_id], payment, tx_id, now)
+                captured[key_id] += 1
+            elif (status.state is TransferState.FAILED
+                    and payment.status == PaymentStatus.SUBMITTED):
+                assert code is not None
+                ledgers[key_id] = await _release(s, key, ledgers[key_id], payment, code, now)
+        views.append(_view(payment, key))
+    for key_id in settled_keys:
+        key = keys[key_id]
+        if captured[key_id] or ledgers[key_id] != ledger_of(key):
+            await _book_settled(s, key, ledgers[key_id], captured[key_id], now)
+    await s.flush()
     return views
 
 
