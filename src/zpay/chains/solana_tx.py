@@ -249,6 +249,24 @@ def _transfer_checked(
     )
 
 
+def _token_payment(*, funder: Pubkey, owner: Pubkey, destination_owner: Pubkey, mint: Pubkey,
+                   amount: int, decimals: int, memo: str) -> list[Instruction]:
+    """`amount` of `mint` from `owner`'s token account to `destination_owner`'s (created
+    by `funder` if missing), with a memo: an approval's and a payment's instructions."""
+    return [
+        _create_ata_idempotent(funder, destination_owner, mint),
+        _transfer_checked(
+            source=associated_token_address(owner, mint),
+            mint=mint,
+            dest=associated_token_address(destination_owner, mint),
+            owner=owner,
+            amount=amount,
+            decimals=decimals,
+        ),
+        _memo(memo),
+    ]
+
+
 def _close_account(*, account: Pubkey, dest: Pubkey, owner: Pubkey) -> Instruction:
     return Instruction(
         TOKEN_PROGRAM_ID,
@@ -319,18 +337,9 @@ def build_approval_message(
         raise ChainError(
             "the platform fee payer cannot be a party to an approval", code="invalid_wallet"
         )
-    instructions = [
-        _create_ata_idempotent(fee_payer, session_wallet, mint),
-        _transfer_checked(
-            source=associated_token_address(user_wallet, mint),
-            mint=mint,
-            dest=associated_token_address(session_wallet, mint),
-            owner=user_wallet,
-            amount=amount_base_units,
-            decimals=decimals,
-        ),
-        _memo(_approval_memo(approval_id)),
-    ]
+    instructions = _token_payment(
+        funder=fee_payer, owner=user_wallet, destination_owner=session_wallet, mint=mint,
+        amount=amount_base_units, decimals=decimals, memo=_approval_memo(approval_id))
     return Message.new_with_blockhash(instructions, fee_payer, recent_blockhash)
 
 
@@ -426,18 +435,9 @@ def build_transfer(
     source_owner = owner.pubkey() if owner_pubkey is None else owner_pubkey
     if source_owner == payer:
         raise ChainError("the platform fee payer cannot pay from itself", code="invalid_wallet")
-    instructions = [
-        _create_ata_idempotent(payer, destination_owner, mint),
-        _transfer_checked(
-            source=associated_token_address(source_owner, mint),
-            mint=mint,
-            dest=associated_token_address(destination_owner, mint),
-            owner=source_owner,
-            amount=amount_base_units,
-            decimals=decimals,
-        ),
-        _memo(payment_memo(reference_seed)),
-    ]
+    instructions = _token_payment(
+        funder=payer, owner=source_owner, destination_owner=destination_owner, mint=mint,
+        amount=amount_base_units, decimals=decimals, memo=payment_memo(reference_seed))
     message = Message.new_with_blockhash(instructions, payer, recent_blockhash)
     return _signed_by_fee_payer_and_owner(message, fee_payer, owner)
 
