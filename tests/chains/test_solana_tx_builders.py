@@ -178,47 +178,26 @@ def test_approval_message_is_byte_identical_to_the_spl_builders() -> None:
         assert bytes(built) == bytes(reference), (amount, decimals)
 
 
+def _one_unit(**changes: object) -> dict[str, object]:
+    """The arguments of a 1-unit transfer (or sweep) from the session wallet, changed."""
+    return {"fee_payer": FEE_PAYER, "owner": SESSION, "destination_owner": USER.pubkey(),
+            "mint": MINT, "decimals": 6, "amount_base_units": 1,
+            "recent_blockhash": BLOCKHASH, **changes}
+
+
 def test_decimals_outside_a_byte_are_refused_not_wrapped() -> None:
     with pytest.raises(struct.error):
-        stx.build_transfer(
-            fee_payer=FEE_PAYER,
-            owner=SESSION,
-            destination_owner=USER.pubkey(),
-            mint=MINT,
-            decimals=256,
-            amount_base_units=1,
-            recent_blockhash=BLOCKHASH,
-            reference_seed="p",
-        )
+        stx.build_transfer(**_one_unit(decimals=256, reference_seed="p"))  # type: ignore[arg-type]
 
 
 def test_the_fee_payer_check_holds_with_passed_pubkeys() -> None:
+    from_itself = _one_unit(owner=FEE_PAYER, fee_payer_pubkey=FEE_PAYER.pubkey(),
+                            owner_pubkey=FEE_PAYER.pubkey())
     with pytest.raises(ChainError) as err:
-        stx.build_transfer(
-            fee_payer=FEE_PAYER,
-            owner=FEE_PAYER,
-            destination_owner=USER.pubkey(),
-            mint=MINT,
-            decimals=6,
-            amount_base_units=1,
-            recent_blockhash=BLOCKHASH,
-            reference_seed="p",
-            fee_payer_pubkey=FEE_PAYER.pubkey(),
-            owner_pubkey=FEE_PAYER.pubkey(),
-        )
+        stx.build_transfer(**from_itself, reference_seed="p")  # type: ignore[arg-type]
     assert err.value.code == "invalid_wallet"
     with pytest.raises(ChainError) as err:
-        stx.build_sweep(
-            fee_payer=FEE_PAYER,
-            owner=FEE_PAYER,
-            destination_owner=USER.pubkey(),
-            mint=MINT,
-            decimals=6,
-            amount_base_units=1,
-            recent_blockhash=BLOCKHASH,
-            fee_payer_pubkey=FEE_PAYER.pubkey(),
-            owner_pubkey=FEE_PAYER.pubkey(),
-        )
+        stx.build_sweep(**from_itself)  # type: ignore[arg-type]
     assert err.value.code == "invalid_wallet"
 
 
