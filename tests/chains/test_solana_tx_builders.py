@@ -102,6 +102,14 @@ def _reference_sweep(destination: Pubkey, amount: int, decimals: int) -> Transac
     return Transaction([FEE_PAYER, SESSION], message, BLOCKHASH)
 
 
+def _one_unit(**changes: object) -> dict[str, object]:
+    """The arguments of a transfer (or sweep) of 1 unit from the session wallet to the
+    user, with `changes`."""
+    return {"fee_payer": FEE_PAYER, "owner": SESSION, "destination_owner": USER.pubkey(),
+            "mint": MINT, "decimals": 6, "amount_base_units": 1,
+            "recent_blockhash": BLOCKHASH, **changes}
+
+
 @pytest.mark.parametrize("known_pubkeys", [False, True], ids=["derived", "passed"])
 def test_transfer_is_byte_identical_to_the_spl_builders(known_pubkeys: bool) -> None:
     extra = (
@@ -111,17 +119,9 @@ def test_transfer_is_byte_identical_to_the_spl_builders(known_pubkeys: bool) -> 
     )
     for n, (destination, amount, decimals) in enumerate(_cases()):
         seed = f"pay_{n}"
-        built = stx.build_transfer(
-            fee_payer=FEE_PAYER,
-            owner=SESSION,
-            destination_owner=destination,
-            mint=MINT,
-            decimals=decimals,
-            amount_base_units=amount,
-            recent_blockhash=BLOCKHASH,
-            reference_seed=seed,
-            **extra,
-        )
+        built = stx.build_transfer(**_one_unit(  # type: ignore[arg-type]
+            destination_owner=destination, decimals=decimals, amount_base_units=amount,
+            reference_seed=seed, **extra))
         reference = _reference_transfer(destination, amount, decimals, seed)
         assert bytes(built) == bytes(reference), (destination, amount, decimals)
         assert built.message.instructions == reference.message.instructions
@@ -136,16 +136,9 @@ def test_sweep_is_byte_identical_to_the_spl_builders(known_pubkeys: bool) -> Non
         else {}
     )
     for destination, amount, decimals in [*_cases(), (USER.pubkey(), 0, 6)]:
-        built = stx.build_sweep(
-            fee_payer=FEE_PAYER,
-            owner=SESSION,
-            destination_owner=destination,
-            mint=MINT,
-            decimals=decimals,
-            amount_base_units=amount,
-            recent_blockhash=BLOCKHASH,
-            **extra,
-        )
+        built = stx.build_sweep(**_one_unit(  # type: ignore[arg-type]
+            destination_owner=destination, decimals=decimals, amount_base_units=amount,
+            **extra))
         assert bytes(built) == bytes(_reference_sweep(destination, amount, decimals)), (
             destination,
             amount,
@@ -176,13 +169,6 @@ def test_approval_message_is_byte_identical_to_the_spl_builders() -> None:
         ]
         reference = Message.new_with_blockhash(instructions, FEE_PAYER.pubkey(), BLOCKHASH)
         assert bytes(built) == bytes(reference), (amount, decimals)
-
-
-def _one_unit(**changes: object) -> dict[str, object]:
-    """The arguments of a 1-unit transfer (or sweep) from the session wallet, changed."""
-    return {"fee_payer": FEE_PAYER, "owner": SESSION, "destination_owner": USER.pubkey(),
-            "mint": MINT, "decimals": 6, "amount_base_units": 1,
-            "recent_blockhash": BLOCKHASH, **changes}
 
 
 def test_decimals_outside_a_byte_are_refused_not_wrapped() -> None:
