@@ -144,7 +144,8 @@ def parse_pubkey(address: object) -> Pubkey:
     return key
 
 
-def keypair_from_secret(secret: bytes, *, expected_address: str | None = None) -> Keypair:
+def keypair_from_secret(secret: bytes | bytearray, *,
+                        expected_address: str | None = None) -> Keypair:
     """The 64-byte keypair secret of a wallet. Error messages never include key material."""
     if not isinstance(secret, bytes | bytearray) or len(secret) != 64:
         raise ChainError("wallet secret must be 64 bytes", code="invalid_wallet_secret")
