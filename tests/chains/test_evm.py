@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -542,6 +543,52 @@ async def test_32_concurrent_payments_use_distinct_relayer_nonces(chain: Chain) 
     assert await chain.usdc_of(session.address) == funded - sum(amounts)
     for m, merchant in enumerate(merchants):
         assert await chain.usdc_of(merchant) == sum(amounts[m::4])
+
+
+async def test_a_wait_reads_the_status_once_per_block_not_once_per_poll() -> None:
+    """While no block comes, a wait polls the head (one cheap call, shared by every
+    waiter of the adapter) and reads the transfer's status only when heal is due; a new
+    block ends it at once."""
+    async with local_chain() as bent:  # polls every 50 ms, heals every 0.5 s
+        session = bent.adapter.generate_wallet()
+        await bent.adapter.faucet(session.address, bent.usdc, 10 * USDC)
+        prepared = await bent.adapter.prepare_transfer(
+            secret=session.secret,
+            source=session.address,
+            destination=bent.adapter.generate_wallet().address,
+            token=bent.usdc,
+            amount_base_units=3 * USDC,
+            reference_seed="pay_per_block",
+        )
+        await bent.rpc("evm_setAutomine", False)
+        await bent.adapter.submit_transfer(prepared)
+        calls: Counter[str] = Counter()
+
+        async def count(method: str) -> None:
+            calls[method] += 1
+
+        bent.adapter.node.observe(count)
+        assert (await bent.adapter.transfer_status(prepared.reference)).state is (
+            TransferState.PENDING
+        )
+        per_read = calls["eth_call"]
+        calls.clear()
+        waits = await asyncio.gather(
+            *(bent.adapter.wait_for_transfer(prepared.reference, timeout_s=1.2) for _ in range(4))
+        )
+        assert [w.state for w in waits] == [TransferState.PENDING] * 4
+        # Polling the status itself every 50 ms would be ~24 reads per waiter. Now at most
+        # 5: at the start, at the watch's first head, when heal is due (0.5 s, 1.0 s), and
+        # at the deadline.
+        assert calls["eth_call"] <= 4 * 5 * per_read, calls
+        assert calls["eth_blockNumber"] >= 5, calls  # the head, watched meanwhile
+        waiting = asyncio.create_task(
+            bent.adapter.wait_for_transfer(prepared.reference, timeout_s=TIMEOUT_S)
+        )
+        await asyncio.sleep(0.2)
+        await bent.rpc("evm_mine")
+        assert (await waiting).state is TransferState.CONFIRMED
+        bent.adapter.node.observe(None)
 
 
 async def test_a_resubmitted_payment_settles_once(chain: Chain) -> None:

@@ -8,6 +8,7 @@ for a hosted node carries an API key) must never reach an error message.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -77,6 +78,40 @@ def leaks(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return False
+
+
+async def test_calls_reuse_kept_alive_connections() -> None:
+    """A node answering with HTTP keep-alive: 30 calls, one after the other, then 8 at
+    once, open as many connections as were ever busy at once — not one per call (web3's
+    own session closes each connection after one request)."""
+    accepted = 0
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                request = json.loads(await reader.readexactly(length))
+                body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": "0x2a"})
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode()))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async for url in serve(keep_alive):
+        adapter = adapter_at(url, EvmOptions(confirm_timeout_s=5))
+        try:
+            for _ in range(30):
+                assert await adapter.node.block_number() == 42
+            assert accepted == 1
+            assert await asyncio.gather(*(adapter.node.block_number() for _ in range(8))) == [42] * 8
+            assert accepted <= 8
+        finally:
+            await adapter.close()
 
 
 async def test_a_frozen_node_fails_each_call_within_the_request_bound(frozen_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ async def build_context(settings: Settings) -> AppContext:
     from zpay.store.relayer_journal import DbRelayerJournal
 
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    built: dict[str, Any] = {}
     try:
         await db.ensure_migrated()
         all_local = all(get_network(name).info.local for name in settings.chains)
@@ -46,13 +48,16 @@ async def build_context(settings: Settings) -> AppContext:
             settings.master_key, settings.master_key_version, settings.previous_master_keys,
             data_dir=settings.data_dir, allow_generated=all_local)
         journal = DbRelayerJournal(db)  # one relayer key, shared by every replica and worker
-        chains = ChainSet({name: await build_adapter(name, settings, journal)
-                           for name in settings.chains})
-        ctx = AppContext(settings=settings, db=db, custody=custody, chains=chains)
-        for adapter in chains.adapters.values():
+        for name in settings.chains:
+            built[name] = await build_adapter(name, settings, journal)
+        ctx = AppContext(settings=settings, db=db, custody=custody, chains=ChainSet(built))
+        for adapter in built.values():
             await pair_local_chain(ctx, adapter)
         return ctx
     except BaseException as exc:
+        for adapter in built.values():  # an embedded chain stops, connections close
+            with contextlib.suppress(Exception):
+                await adapter.close()
         await db.dispose()
         refusal = startup_refusal(exc, settings.data_dir, db.safe_url)
         if refusal is not None:

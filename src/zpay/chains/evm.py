@@ -43,7 +43,7 @@ from zpay.chains.evm_local import (
 from zpay.chains.evm_local import (
     load_test_token_artifact as load_test_token_artifact,  # re-exported: public here before
 )
-from zpay.chains.evm_node import EvmNode, with_headroom
+from zpay.chains.evm_node import EvmNode, HeadWatch, with_headroom
 from zpay.chains.evm_options import EvmOptions, _local_options, local_options
 from zpay.chains.evm_relayer import Relayer, decode_key
 from zpay.chains.evm_tokens import TokenBook, native_token
@@ -115,6 +115,7 @@ class EvmAdapter:
         self._options = options
         self._anvil = anvil
         self.node = EvmNode(rpc_url, request_timeout_s=options.request_bound_s)
+        self._heads = HeadWatch(self.node, options.poll_interval_s)
         if evm_tx.ecc_backend_name() != "CoinCurveECCBackend":
             log.warning("eth-keys is not using coincurve: EVM signing will be slow")
         # Shared by every process that holds the relayer key (default: this one only).
@@ -507,14 +508,16 @@ class EvmAdapter:
     ) -> TransferStatus:
         deadline = time.monotonic() + timeout_s
         while True:
+            seen = self._heads.generation
             status = await self.transfer_status(reference, valid_until=valid_until)
             if status.state in (TransferState.CONFIRMED, TransferState.FAILED):
                 return status
             if time.monotonic() >= deadline:
                 return status
             await self._maybe_heal()
-            remaining = deadline - time.monotonic()
-            await asyncio.sleep(max(0.0, min(self._options.poll_interval_s, remaining)))
+            # Heal's own cadence is kept: a lost relayer tx is re-sent without a new block.
+            wait = min(self._options.heal_interval_s, deadline - time.monotonic())
+            await self._heads.moved_since(seen, max(0.0, wait))
 
     async def balance(self, address: str, token: TokenInfo) -> int:
         token = self._book.own(token)

@@ -65,6 +65,7 @@ UNDERPRICED_ERRORS = (
 INSUFFICIENT_FUNDS = "insufficient funds"
 
 RequestObserver = Callable[[str], Awaitable[None]]
+_CONNECTIONS = 64  # kept-alive connections to one node, per event loop
 
 
 # ----------------------------------------------------------------- error translation
@@ -129,13 +130,36 @@ class _BoundedProvider(AsyncHTTPProvider):
         )
         self.timeout_s = timeout_s
         self.observer: RequestObserver | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
 
     async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
+        # Not web3's session manager: it takes a thread lock through a thread pool on
+        # every request and closes each connection after one (force_close) — a thread hop
+        # and a TCP handshake per call were most of what a busy relayer spent. One
+        # kept-alive session per event loop instead.
         async with asyncio.timeout(self.timeout_s):
-            raw = await super()._make_request(method, request_data)
+            async with self._session().post(
+                str(self.endpoint_uri), data=request_data, **self.get_request_kwargs()
+            ) as response:
+                response.raise_for_status()
+                raw = await response.read()
         if self.observer is not None:
             await self.observer(str(method))
         return raw
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http.closed or self._http_loop is not loop:
+            self._http_loop = loop
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=_CONNECTIONS))
+        return self._http
+
+    async def disconnect(self) -> None:
+        http, self._http = self._http, None
+        if http is not None and self._http_loop is asyncio.get_running_loop():
+            await http.close()
+        await super().disconnect()
 
 
 # -------------------------------------------------------------------------- node
@@ -177,6 +201,10 @@ class EvmNode:
     def __init__(self, rpc_url: str, *, request_timeout_s: float) -> None:
         self._provider = _BoundedProvider(rpc_url, request_timeout_s)
         self.w3: AsyncWeb3[Any] = AsyncWeb3(self._provider)
+        # Every call here passes hex addresses and no chainId: web3's ENS resolution and
+        # its validation (an extra eth_chainId request per call and estimate) do nothing.
+        self.w3.middleware_onion.remove("ens_name_to_address")
+        self.w3.middleware_onion.remove("validation")
 
     @property
     def rpc_url(self) -> str:
@@ -342,3 +370,53 @@ class EvmNode:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._provider.disconnect()
+
+
+class HeadWatch:
+    """One poll of the node's head for every waiter of a process: a transfer's outcome
+    can change only with a new block, so a wait re-reads its status once per block
+    instead of once per poll interval each (32 waiters x 20 polls a second of several
+    calls each is what a loaded anvil spent its time answering)."""
+
+    def __init__(self, node: EvmNode, interval_s: float) -> None:
+        self._node, self._interval_s = node, interval_s
+        self._head: int | None = None
+        self._generation = 0  # moves on each new head read (or a failed read)
+        self._moved = asyncio.Event()
+        self._waiters = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def generation(self) -> int:
+        """Take it BEFORE reading a status; `moved_since` it then waits for a newer head."""
+        return self._generation
+
+    async def moved_since(self, generation: int, timeout_s: float) -> None:
+        """Until a head newer than the ones seen at `generation` is read (a failed read
+        also wakes: the waiter's own call then meets the error), or `timeout_s`."""
+        self._waiters += 1
+        try:
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._watch())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    while self._generation == generation:
+                        await self._moved.wait()
+        finally:
+            self._waiters -= 1
+
+    async def _watch(self) -> None:
+        while self._waiters:
+            head = await self._block_number_or_none()
+            if head is None or self._head is None or head > self._head:
+                self._head = head if head is not None else self._head
+                self._generation += 1
+                moved, self._moved = self._moved, asyncio.Event()
+                moved.set()
+            await asyncio.sleep(self._interval_s)
+
+    async def _block_number_or_none(self) -> int | None:
+        try:
+            return await self._node.block_number()
+        except ChainError:
+            return None
