@@ -24,9 +24,9 @@ from tests.chains.evm_support import (
     mine_after,
     pay,
 )
-from zpay.chains import evm_tx
+from zpay.chains import evm_refs, evm_tx
 from zpay.chains.evm import EvmAdapter
-from zpay.chains.protocol import PreparedTransfer, TransferState
+from zpay.chains.protocol import ChainUnavailable, PreparedTransfer, TransferState
 from zpay.chains.relayer_journal import InMemoryRelayerJournal, OutstandingTx, RelayerJournal
 from zpay.store.database import Database
 from zpay.store.relayer_journal import DbRelayerJournal
@@ -343,3 +343,58 @@ async def test_a_dropped_relayer_tx_is_unknown_and_resending_revives_it() -> Non
         done = await chain.adapter.transfer_status(prepared.reference)
         assert done.state is TransferState.CONFIRMED and done.tx_id == pending.tx_id
         assert await chain.account_nonce(relayer, "pending") == await chain.account_nonce(relayer)
+
+
+class CountingJournal(InMemoryRelayerJournal):
+    """Counts the slots opened: the deployment-wide lock taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots = 0
+
+    def slot(self, chain: str, relayer_address: str):  # type: ignore[no-untyped-def]
+        self.slots += 1
+        return super().slot(chain, relayer_address)
+
+
+async def test_concurrent_relays_share_slots_and_a_refused_one_costs_the_others_nothing() -> None:
+    """21 relays at once: they go out in a slot or two, not one slot each. The 11th is
+    refused by the node (gas over the block limit): the others are sent, journaled and mined, on
+    consecutive nonces (the refused one's nonce goes to the next)."""
+    journal = CountingJournal()
+    async with local_chain(fast_options(), anvil_args=BLOCK_TIME, journal=journal) as chain:
+        session = chain.adapter.generate_wallet()
+        await chain.adapter.faucet(session.address, chain.usdc, 100 * USDC)
+        merchant = chain.adapter.generate_wallet().address
+        prepared = [
+            await pay(chain.adapter, session.secret, session.address, merchant, chain.usdc,
+                      USDC + i, f"pay_shared_slot_{i}")
+            for i in range(21)
+        ]
+        signed = [evm_refs.decode_payload(p.payload, chain.adapter.chain_id) for p in prepared]
+        start = int(await chain.w3.eth.block_number)
+        slots_before = journal.slots
+        relayer = chain.adapter._relayer
+        answers = await asyncio.gather(
+            *(
+                relayer.relay(token=token, signed=auth, gas=10**9 if i == 10 else 200_000)
+                for i, (token, auth) in enumerate(signed)  # type: ignore[misc]
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(answers[10], ChainUnavailable), answers[10]
+        sent = [a for i, a in enumerate(answers) if i != 10]
+        assert all(isinstance(a, str) for a in sent), sent
+        assert journal.slots - slots_before <= 3, journal.slots - slots_before
+        statuses = await asyncio.gather(
+            *(chain.adapter.wait_for_transfer(p.reference, timeout_s=TIMEOUT_S) for p in prepared)
+        )
+        assert [s.state for i, s in enumerate(statuses) if i != 10] == [
+            TransferState.CONFIRMED
+        ] * 20, statuses
+        assert statuses[10].state is TransferState.UNKNOWN  # never sent: safe to send again
+        mined = await chain.relayer_txs(start)
+        assert len(mined) == 20 and all(t["status"] == 1 for t in mined)
+        nonces = sorted(t["nonce"] for t in mined)
+        assert nonces == list(range(nonces[0], nonces[0] + 20))
+        assert await chain.usdc_of(merchant) == sum(USDC + i for i in range(21) if i != 10)

@@ -21,8 +21,10 @@ the authorization.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from zpay.chains import evm_tx
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SentTx = OutstandingTx  # what `send` returns (its `tx_hash` is what callers use)
 _SEND_ATTEMPTS = 4
+_MAX_RELAY_BATCH = 32  # relays per slot: bounds how long one holds the deployment's lock
 
 
 class _Fate(enum.Enum):
@@ -64,6 +67,21 @@ class _Fate(enum.Enum):
     ALIVE = "alive"  # the node has it (or its replacement), or may have it
     NONCE_USED = "nonce_used"  # its nonce was used: by it or another, the chain says
     FILLED = "filled"  # could not be put back: its nonce now carries a no-op
+
+
+@dataclass(frozen=True)
+class _Relay:
+    """An authorization waiting to be relayed in this process's next slot."""
+
+    token: str
+    signed: evm_tx.SignedAuthorization
+    gas: int
+    done: asyncio.Future[str | None]
+
+
+def _retrieved(future: asyncio.Future[str | None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Relayer:
@@ -86,6 +104,8 @@ class Relayer:
         self._chain_id = chain_id
         self._stuck_after = timedelta(seconds=stuck_after_s)
         self.address = evm_tx.address_of(secret)
+        self._relays: list[_Relay] = []  # waiting for this process's next slot
+        self._relaying: asyncio.Task[None] | None = None
 
     def journal_as(self, chain: str) -> None:
         """Journal under `chain` from now on: a local chain names its instance, so a chain
@@ -148,26 +168,88 @@ class Relayer:
     ) -> str | None:
         """Relay `transferWithAuthorization(signed)` unless the authorization is already
         used or an outstanding relayer transaction carries it: the new transaction's hash,
-        or None when nothing new was needed."""
-        auth = signed.authorization
-        key = authorization_key(auth.from_address, auth.nonce)
-        data = evm_tx.encode_transfer_with_authorization(signed)
+        or None when nothing new was needed.
+
+        The journal's slot is the deployment's one queue for this relayer, so relays of
+        this process share slots: whatever queued while one was held goes out in the next
+        (one lock, one block and nonce read for all). A slot per transaction held the lock
+        for five node calls and a database transaction each: on a loaded machine that
+        capped a relayer at ~15 payments a second whatever the block size."""
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)  # also when the caller has gone
+        self._relays.append(_Relay(token, signed, gas, done))
+        if self._relaying is None or self._relaying.done():
+            self._relaying = asyncio.create_task(self._relay_queued())
+        # Shielded: a caller that gives up leaves its transaction to be sent and journaled.
+        return await asyncio.shield(done)
+
+    async def _relay_queued(self) -> None:
+        while self._relays:
+            batch = self._relays[:_MAX_RELAY_BATCH]
+            del self._relays[:_MAX_RELAY_BATCH]
+            try:
+                results = await self._relay_batch(batch)
+            except Exception as exc:  # the slot itself failed: nothing was journaled
+                results = [exc] * len(batch)
+            except BaseException:
+                for relay in [*batch, *self._relays]:
+                    if not relay.done.done():
+                        relay.done.set_exception(ChainUnavailable("the relayer stopped"))
+                self._relays.clear()
+                raise
+            for relay, result in zip(batch, results, strict=True):
+                if relay.done.done():
+                    continue
+                if isinstance(result, Exception):
+                    relay.done.set_exception(result)
+                else:
+                    relay.done.set_result(result)
+
+    async def _relay_batch(self, batch: list[_Relay]) -> list[str | Exception | None]:
         fees = await self._node.fees()
         async with self._journal.slot(self._chain, self.address) as slot:
             # One block for both reads: a transaction mined before it is settled in the
             # journal AND shows in authorizationState; one mined after is still on the node.
             block = await self._node.block_number()
             await slot.settle_below(await self.chain_nonce(block))
-            if await self._node.authorization_used(token, auth.from_address, auth.nonce, block):
+            pending = await self.chain_nonce("pending")
+            used = await asyncio.gather(
+                *(
+                    self._node.authorization_used(
+                        r.token, r.signed.authorization.from_address,
+                        r.signed.authorization.nonce, block,
+                    )
+                    for r in batch
+                ),
+                return_exceptions=True,
+            )
+            results: list[str | Exception | None] = []
+            for relay, is_used in zip(batch, used, strict=True):
+                try:
+                    if isinstance(is_used, BaseException):
+                        raise is_used
+                    results.append(
+                        None if is_used else await self._relay_unused(slot, relay, fees, pending)
+                    )
+                except Exception as exc:  # its caller's alone: what went before stays journaled
+                    results.append(exc)
+        return results
+
+    async def _relay_unused(
+        self, slot: RelayerSlot, relay: _Relay, fees: tuple[int, int], pending: int
+    ) -> str | None:
+        auth = relay.signed.authorization
+        key = authorization_key(auth.from_address, auth.nonce)
+        for tx in slot.for_authorization(key):
+            if await self._keep_alive(slot, tx) is not _Fate.FILLED:
+                # On the node, or its nonce just got used — most likely by it (a node
+                # may briefly know a transaction it is mining neither as pending nor
+                # as mined): another one could only duplicate it. The chain will say;
+                # if it did not land, the status is UNKNOWN and a later submit sends.
                 return None
-            for tx in slot.for_authorization(key):
-                if await self._keep_alive(slot, tx) is not _Fate.FILLED:
-                    # On the node, or its nonce just got used — most likely by it (a node
-                    # may briefly know a transaction it is mining neither as pending nor
-                    # as mined): another one could only duplicate it. The chain will say;
-                    # if it did not land, the status is UNKNOWN and a later submit sends.
-                    return None
-            sent, error = await self._send_new(slot, token, data, gas, 0, fees, key)
+        data = evm_tx.encode_transfer_with_authorization(relay.signed)
+        sent, error = await self._send_new(slot, relay.token, data, relay.gas, 0, fees, key,
+                                           pending=pending)
         if error is not None:
             raise error
         return sent.tx_hash if sent is not None else None
@@ -196,8 +278,13 @@ class Relayer:
         value: int,
         fees: tuple[int, int],
         key: str | None,
+        *,
+        pending: int | None = None,
     ) -> tuple[OutstandingTx | None, ChainError | None]:
-        pending = await self.chain_nonce("pending")
+        """`pending`: the node's pending nonce count, if just read (a batch reads it once:
+        the journal's next nonce covers what the batch itself sent since)."""
+        if pending is None:
+            pending = await self.chain_nonce("pending")
         nonce = pending if slot.next_nonce is None else max(slot.next_nonce, pending)
         for _attempt in range(_SEND_ATTEMPTS):
             tx = self._sign(nonce, to, data, gas, value, fees, key)

@@ -62,7 +62,9 @@ class _DbSlot:
 
     async def record(self, tx: OutstandingTx) -> None:
         key = (self._account.chain, self._account.address, tx.nonce)
-        row = await self._session.get(RelayerTx, key)
+        # The slot loaded every row of this relayer: a nonce it does not hold has none
+        # (no read needed), one it holds is in the session already.
+        row = await self._session.get(RelayerTx, key) if tx.nonce in self._txs else None
         if row is None:
             row = RelayerTx(chain=key[0], address=key[1], nonce=tx.nonce)
             self._session.add(row)
@@ -78,7 +80,6 @@ class _DbSlot:
         if self._account.next_nonce is None or tx.nonce >= self._account.next_nonce:
             self._account.next_nonce = tx.nonce + 1
         self._account.updated_at = datetime.now(UTC)
-        await self._session.flush()
 
     async def settle_below(self, nonce: int) -> None:
         settled = [n for n in self._txs if n < nonce]
