@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 
 from zpay.services import rows
 from zpay.services.context import AppContext
@@ -142,3 +142,39 @@ def test_what_cannot_be_run_exactly_is_refused_before_the_database() -> None:
         DirectExecutor._compiled(select(Event).where(Event.id == "x"), {})
     with pytest.raises(TypeError, match="no fixed shape"):
         DirectExecutor._compiled(select(EVENTS).where(EVENTS.c.id.in_(["a", "b"])), {})
+
+
+def _reference_args(bound: direct._Bound, params: dict[str, object]) -> list[object]:
+    """What SQLAlchemy's `construct_params` gives for the same call."""
+    planless = object.__new__(direct._Bound)
+    planless.compiled, planless.key, planless._slots = bound.compiled, bound.key, None
+    return planless.args(params)
+
+
+def test_planned_values_are_what_construct_params_gives() -> None:
+    """Statements found by identity bind their values from a plan made once: for literals,
+    bound parameters, INSERT defaults and two statements of one shape with different
+    literals, the values are exactly SQLAlchemy's."""
+    keys = rows.table_of(SessionKey)
+    merchants = rows.table_of(Merchant)
+    by_literal = [select(keys.c.id).where(keys.c.status == status, keys.c.id == bindparam("id"))
+                  for status in ("active", "frozen")]  # one shape, two literals
+    cases: list[tuple[object, dict[str, object]]] = [
+        (by_literal[0], {"id": "sk_1"}),
+        (by_literal[1], {"id": "sk_2"}),
+        (BY_ID, {"id": "evt_x"}),
+        (select(keys.c.id).where(rows.ids_in(keys.c.id, "postgresql")), {"ids": ["a", "b"]}),
+        (EVENTS.insert(), _event("mer_1", "evt_z", {"a": 1})),
+        (merchants.update().where(merchants.c.id == bindparam("row_id")).values(
+            name=bindparam("v_name")), {"row_id": "mer_1", "v_name": "shop"}),
+    ]
+    for stmt, params in cases:
+        bound = DirectExecutor._compiled(stmt, params)  # type: ignore[arg-type]
+        assert bound._slots is not None, stmt
+        assert DirectExecutor._compiled(stmt, params) is bound  # found by identity
+        assert bound.args(params) == _reference_args(bound, params), stmt
+    first, second = (DirectExecutor._compiled(s, {"id": "k"}) for s in by_literal)
+    assert first.compiled is second.compiled  # compiled once per shape ...
+    assert "active" in first.args({"id": "k"}) and "frozen" in second.args({"id": "k"})
+    with pytest.raises(InvalidRequestError, match="'id'"):
+        DirectExecutor._compiled(BY_ID, {"id": "x"}).args({})

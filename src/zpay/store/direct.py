@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import re
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,66 @@ class _Compiled:
     row: type[tuple[Any, ...]] | None  # None: no rows (the answer is a row count)
     results: tuple[Callable[[Any], Any] | None, ...]
     compiled: Any
+
+
+class _Bound:
+    """A compiled shape bound to one statement object: how each positional value is found
+    — the caller's parameter, else a default or the statement's own value — worked out
+    once, so a call only looks its values up (SQLAlchemy's `construct_params` walked
+    every bind per call). Shapes it cannot plan exactly keep `construct_params`."""
+
+    __slots__ = ("_slots", "compiled", "key")
+
+    def __init__(self, compiled: _Compiled, key: Any) -> None:
+        self.compiled, self.key = compiled, key
+        self._slots = _plan(compiled, key)
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        if self._slots is None:
+            compiled = self.compiled
+            values = compiled.compiled.construct_params(
+                {**compiled.defaults, **params}, extracted_parameters=self.key.bindparams)
+            return [value if process is None or value is None else process(value)
+                    for value, process in zip((values[n] for n in compiled.names),
+                                              compiled.bind, strict=True)]
+        args = []
+        for key, name, fallback, required, process in self._slots:
+            if key in params:
+                value = params[key]
+            elif name in params:
+                value = params[name]
+            elif required:
+                raise sa_exc.InvalidRequestError(f"A value is required for bind parameter {key!r}")
+            else:
+                value = fallback
+            args.append(value if process is None or value is None else process(value))
+        return args
+
+
+_Slot = tuple[str, str, Any, bool, Callable[[Any], Any] | None]
+
+
+def _plan(compiled: _Compiled, key: Any) -> tuple[_Slot, ...] | None:
+    """(parameter key, bind name, value if not given, required, type processor) for each
+    positional value, as `construct_params` would find it; None where it does more
+    (escaped names, binds with callables, collected or post-compiled parameters)."""
+    inner = compiled.compiled
+    if inner.escaped_bind_names or inner._collect_params or inner._render_postcompile:
+        return None
+    by_name: dict[str, Any] = {}
+    for bind, name in inner.bind_names.items():
+        if bind.callable:
+            return None
+        by_name.setdefault(name, bind)
+    own = inner.construct_params({}, extracted_parameters=key.bindparams, _check=False)
+    slots: list[_Slot] = []
+    for name, process in zip(compiled.names, compiled.bind, strict=True):
+        bind = by_name[name]
+        if name in compiled.defaults:
+            slots.append((bind.key, name, compiled.defaults[name], False, process))
+        else:
+            slots.append((bind.key, name, own[name], bool(bind.required), process))
+    return tuple(slots)
 
 
 def _bind_processor(type_: Any) -> Callable[[Any], Any] | None:
@@ -193,23 +254,33 @@ class DirectExecutor:
     """`execute(statement, params)` on one asyncpg connection (see the module's note)."""
 
     _shapes: dict[Any, _Compiled] = {}
+    # The hot path builds its statements once: found by identity, with no cache key to
+    # compute (each entry holds its statement weakly; a dead one never matches).
+    _bound: dict[tuple[int, tuple[str, ...] | None], tuple[Any, _Bound]] = {}
 
     def __init__(self, connection: asyncpg.Connection) -> None:
         self._connection = connection
 
     @classmethod
-    def _compiled(cls, stmt: Executable, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
+    def _compiled(cls, stmt: Executable, params: Mapping[str, Any]) -> _Bound:
+        column_keys = tuple(sorted(params)) if isinstance(stmt, Insert) and params else None
+        found = cls._bound.get((id(stmt), column_keys))
+        if found is not None and found[0]() is stmt:
+            return found[1]
         key = stmt._generate_cache_key()  # type: ignore[attr-defined]
         if key is None:
             raise TypeError(f"this statement cannot be cached: {stmt!r}")
-        column_keys = tuple(sorted(params)) if isinstance(stmt, Insert) and params else None
         shape = (key.key, column_keys)
         compiled = cls._shapes.get(shape)
         if compiled is None:
             if len(cls._shapes) >= _MAX_SHAPES:
                 cls._shapes.clear()  # a runaway of shapes must not grow without bound
             compiled = cls._shapes[shape] = _compile(stmt, column_keys, key)
-        return compiled, key
+        if len(cls._bound) >= _MAX_SHAPES:
+            cls._bound.clear()
+        bound = _Bound(compiled, key)
+        cls._bound[(id(stmt), column_keys)] = (weakref.ref(stmt), bound)
+        return bound
 
     async def execute(self, stmt: Executable,
                       params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
@@ -219,8 +290,8 @@ class DirectExecutor:
         if isinstance(params, Sequence):
             return await self._execute_many(stmt, params)
         params = params or {}
-        compiled, key = self._compiled(stmt, params)
-        args = self._args(compiled, key, params)
+        bound = self._compiled(stmt, params)
+        compiled, args = bound.compiled, bound.args(params)
         with _as_sqlalchemy_errors(compiled.sql, args):
             if compiled.row is None:
                 status = await self._connection.execute(compiled.sql, *args)
@@ -236,10 +307,11 @@ class DirectExecutor:
                             many: Sequence[Mapping[str, Any]]) -> DirectResult:
         if not many:
             return DirectResult([], 0)
-        compiled, key = self._compiled(stmt, many[0])
+        bound = self._compiled(stmt, many[0])
+        compiled = bound.compiled
         if compiled.row is not None:
             raise TypeError("executemany answers no rows (no RETURNING)")
-        batch = [self._args(compiled, key, params) for params in many]
+        batch = [bound.args(params) for params in many]
         with _as_sqlalchemy_errors(compiled.sql, batch):
             await self._connection.executemany(compiled.sql, batch)
         return DirectResult([], len(batch))
@@ -259,24 +331,25 @@ class DirectExecutor:
         parts: list[tuple[_Compiled, int, list[Any]]] = []  # (shape, rows, values)
         for stmt, params in items:
             many = [params] if isinstance(params, Mapping) else list(params)
-            compiled, key = self._compiled(stmt, many[0])
+            bound = self._compiled(stmt, many[0])
+            compiled = bound.compiled
             if compiled.row is not None:
                 raise TypeError("a combined write answers no rows (no RETURNING)")
             if isinstance(stmt, Insert):
                 for start in range(0, len(many), _MAX_ROWS_PER_INSERT):
                     chunk = many[start:start + _MAX_ROWS_PER_INSERT]
                     parts.append((compiled, len(chunk), [
-                        v for p in chunk for v in self._args(compiled, key, p)]))
+                        v for p in chunk for v in bound.args(p)]))
             else:
-                parts += [(compiled, 1, self._args(compiled, key, p)) for p in many]
+                parts += [(compiled, 1, bound.args(p)) for p in many]
         statement: list[tuple[_Compiled, int, list[Any]]] = []
-        bound = 0
+        values = 0
         for part in parts:
-            if statement and bound + len(part[2]) > _MAX_BOUND_VALUES:
+            if statement and values + len(part[2]) > _MAX_BOUND_VALUES:
                 await self._write_together(statement)
-                statement, bound = [], 0
+                statement, values = [], 0
             statement.append(part)
-            bound += len(part[2])
+            values += len(part[2])
         if statement:
             await self._write_together(statement)
 
@@ -299,14 +372,6 @@ class DirectExecutor:
         args = [v for _, _, values in parts for v in values]
         with _as_sqlalchemy_errors(sql, args):
             await self._connection.execute(sql, *args)
-
-    @staticmethod
-    def _args(compiled: _Compiled, key: Any, params: Mapping[str, Any]) -> list[Any]:
-        values = compiled.compiled.construct_params(
-            {**compiled.defaults, **params}, extracted_parameters=key.bindparams)
-        return [value if process is None or value is None else process(value)
-                for value, process in zip((values[n] for n in compiled.names), compiled.bind,
-                                          strict=True)]
 
 
 @asynccontextmanager
