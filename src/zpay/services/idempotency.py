@@ -14,29 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, select
+from sqlalchemy import delete, select
 
 from zpay.domain.errors import InvalidRequest, ZpayError
 from zpay.domain.money import canonical_amount
 from zpay.services.auth import Principal
 from zpay.services.context import AppContext
-from zpay.services.rows import insert_row
+from zpay.services.rows import ids_in, insert_row
 from zpay.store.direct import Executor
 from zpay.store.ids import new_id
 from zpay.store.models import IdempotencyRecord
 
 _RECORDS = IdempotencyRecord.__table__
-_RECORD_OF_KEY = and_(_RECORDS.c.merchant_id == bindparam("idem_merchant_id"),
-                      _RECORDS.c.principal == bindparam("idem_principal"),
-                      _RECORDS.c.key == bindparam("idem_key"))
-_RECALL = select(  # built once: each call only binds values (store.direct)
-    _RECORDS.c.request_hash, _RECORDS.c.payment_id, _RECORDS.c.response_body,
-    _RECORDS.c.expires_at,
-).where(_RECORD_OF_KEY)
 
 
 @dataclass(frozen=True)
@@ -74,21 +68,41 @@ class Lookup:
     expired: bool = False
 
 
-async def recall(s: Executor, principal: Principal, key: str, fingerprint: str,
-                 now: datetime) -> Lookup:
-    """What this principal's key already did (one indexed read). Another body under the
-    same key is refused. Binding happens in the payment's transaction (`remember`), whose
-    unique key decides between two concurrent first uses."""
-    row = (await s.execute(_RECALL, _recall_values(principal, key))).first()
+# Many principals' keys in one read (a coalesced batch of payments): each column among
+# its values — an index range of the (merchant, principal, key) unique index per
+# combination — and only the exact triples asked for kept.
+_RECALL_MANY = {dialect: select(
+    _RECORDS.c.merchant_id, _RECORDS.c.principal, _RECORDS.c.key, _RECORDS.c.request_hash,
+    _RECORDS.c.payment_id, _RECORDS.c.response_body, _RECORDS.c.expires_at,
+).where(ids_in(_RECORDS.c.merchant_id, dialect, "merchants"),
+        ids_in(_RECORDS.c.principal, dialect, "principals"),
+        ids_in(_RECORDS.c.key, dialect, "keys")) for dialect in ("postgresql", "sqlite")}
+
+Scope = tuple[str, str, str]  # (merchant id, principal scope, Idempotency-Key)
+
+
+async def recall_many(s: Executor, dialect: str, scopes: Iterable[Scope]) -> dict[Scope, Any]:
+    """What these keys already did: one indexed read (unlocked) for a whole batch;
+    `recalled_record` answers each from its row (absent: never used). Another body under
+    the same key is refused there. Binding happens in the payment's transaction
+    (`remember`), whose unique key decides between two concurrent first uses."""
+    wanted = set(scopes)
+    if not wanted:
+        return {}
+    found = (await s.execute(_RECALL_MANY[dialect], {
+        "merchants": sorted({m for m, _, _ in wanted}),
+        "principals": sorted({p for _, p, _ in wanted}),
+        "keys": sorted({k for _, _, k in wanted})})).all()
+    return {scope: row for row in found
+            if (scope := (row.merchant_id, row.principal, row.key)) in wanted}
+
+
+def recalled_record(row: Any, fingerprint: str, now: datetime) -> Lookup:
+    """A key's answer from its row of `recall_many` (None: the key was never used)."""
     if row is None:
         return Lookup(None)
     return _lookup(row.request_hash, row.payment_id, row.response_body, row.expires_at,
                    fingerprint, now)
-
-
-def _recall_values(principal: Principal, key: str) -> dict[str, Any]:
-    return {"idem_merchant_id": principal.merchant_id, "idem_principal": principal.scope,
-            "idem_key": key}
 
 
 def _lookup(request_hash: str | None, payment_id: str | None, response_body: str | None,
@@ -102,32 +116,6 @@ def _lookup(request_hash: str | None, payment_id: str | None, response_body: str
                         code="idempotency_key_reused")
     refusal = json.loads(response_body) if response_body else None
     return Lookup(Remembered(payment_id, refusal))
-
-
-_WITH_RECALL: dict[int, tuple[Select[Any], Select[Any]]] = {}
-
-
-def with_recall(statement: Select[Any], principal: Principal,
-                key: str) -> tuple[Select[Any], dict[str, Any]]:
-    """`statement` (built once) with this principal's record of `key` outer-joined, as
-    columns `idem_*`: `recall` in the same round trip as another read (see `recalled`)."""
-    joined = _WITH_RECALL.get(id(statement))
-    if joined is None:
-        joined = (statement, statement.add_columns(
-            _RECORDS.c.request_hash.label("idem_request_hash"),
-            _RECORDS.c.payment_id.label("idem_payment_id"),
-            _RECORDS.c.response_body.label("idem_response_body"),
-            _RECORDS.c.expires_at.label("idem_expires_at"),
-        ).outerjoin(_RECORDS, _RECORD_OF_KEY))
-        _WITH_RECALL[id(statement)] = joined
-    return joined[1], _recall_values(principal, key)
-
-
-def recalled(row: Any, fingerprint: str, now: datetime) -> Lookup:
-    """`recall`'s answer from a row read `with_recall`."""
-    m = row._mapping
-    return _lookup(m["idem_request_hash"], m["idem_payment_id"], m["idem_response_body"],
-                   m["idem_expires_at"], fingerprint, now)
 
 
 async def remember(s: Executor, ctx: AppContext, principal: Principal, key: str,

@@ -217,8 +217,6 @@ async def _authorize(
     Concurrent authorizations of one key in this process share that transaction
     (`_KeyBatches`)."""
     pending = await _sign(ctx, principal, req, idempotency_key, fingerprint, form)
-    if isinstance(pending, idempotency.Remembered):
-        return pending
     return await _batches_of(ctx).authorize(ctx, pending)
 
 
@@ -231,7 +229,6 @@ class _Pending:
     idempotency_key: str | None
     fingerprint: str
     form: PaymentForm
-    replace_expired: bool  # an expired record holds this Idempotency-Key
     key_id: str
     policy_session_id: str | None
     value: int
@@ -251,22 +248,11 @@ class _Pending:
 async def _sign(
     ctx: AppContext, principal: Principal, req: PaymentRequest, idempotency_key: str | None,
     fingerprint: str, form: PaymentForm,
-) -> idempotency.Remembered | _Pending:
-    now = ctx.now()
-    lookup = idempotency.Lookup(None)
-    statement, values = key_and_secret_query(principal, req.session_key_id)
-    if idempotency_key is not None:  # what the key already did, in the same round trip
-        statement, recall_values = idempotency.with_recall(statement, principal, idempotency_key)
-        values |= recall_values
-    async with ctx.db.hot_reads() as x:
-        row = (await x.execute(statement, values)).first()
-        if idempotency_key is not None:
-            lookup = (idempotency.recalled(row, fingerprint, now) if row is not None
-                      else await idempotency.recall(x, principal, idempotency_key,
-                                                    fingerprint, now))  # an unknown key
-            if lookup.remembered is not None:
-                return lookup.remembered
-    key, secret = key_and_secret_of(ctx, principal, req.session_key_id, row)
+) -> _Pending:
+    """The key and its wallet secret (a read, or this process's copy), then the transfer
+    signed. What the Idempotency-Key already did is read with the batch, under the key's
+    lock (`_authorize_locked`): a replay costs a signature that is dropped."""
+    key, secret = await _signing_key(ctx, principal, req.session_key_id)
     adapter = ctx.chains.get(key.chain)
     token = token_of(key, adapter)
     value = parse_amount(req.amount, decimals=token.decimals,
@@ -297,12 +283,41 @@ async def _sign(
                     unsigned_code)
     finally:
         del secret
-    return _Pending(principal, req, idempotency_key, fingerprint, form, lookup.expired, key.id,
+    return _Pending(principal, req, idempotency_key, fingerprint, form, key.id,
                     key.policy_session_id, value, recipient, payment_id, prepared,
                     unsigned_code, deadline)
 
 
-_Outcome = _Authorized | dict[str, Any] | ZpayError
+_SIGNING_ROWS_MAX = 10_000
+_SIGNING_ROWS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+async def _signing_key(ctx: AppContext, principal: Principal,
+                       key_id: str) -> tuple[SessionKey, bytes]:
+    """A key and its opened wallet secret, for signing only. The row read is kept per
+    process: what signing uses of it (merchant, agent, wallet, chain, token and the
+    sealed secret) never changes, and everything that does (status, balances, expiry,
+    the linked policy session) is read again under the key's lock before anything is
+    decided. A copy that would refuse the caller is read afresh, so a key linked since
+    to the caller's session is never refused for a stale copy."""
+    rows_of = _SIGNING_ROWS.setdefault(ctx.db, {})
+    row = rows_of.get(key_id)
+    if row is not None and row.merchant_id == principal.merchant_id:
+        try:
+            return key_and_secret_of(ctx, principal, key_id, row)
+        except NotFound:
+            pass
+    statement, values = key_and_secret_query(principal, key_id)
+    async with ctx.db.hot_reads() as x:
+        row = (await x.execute(statement, values)).first()
+    found = key_and_secret_of(ctx, principal, key_id, row)  # NotFound if not the caller's
+    if len(rows_of) >= _SIGNING_ROWS_MAX:
+        rows_of.clear()
+    rows_of[key_id] = row
+    return found
+
+
+_Outcome = _Authorized | dict[str, Any] | idempotency.Remembered | ZpayError
 _In = TypeVar("_In")
 _M = TypeVar("_M")
 _Out = TypeVar("_Out")
@@ -373,11 +388,13 @@ async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, Sessi
         policies[policy_row.id] = _PolicyBooks(
             policy_row, limits, await policy_windows.moved(s, policy_row, limits.windows, now),
             policy_row.total_committed)
+    recalls = await idempotency.recall_many(s, ctx.db.dialect,
+                                            (p.scope for p in batch if p.scope is not None))
     for key_id, indexes in by_key.items():
         key = keys[key_id]
         policy = policies.get(key.policy_session_id or "")
         for i, outcome in zip(indexes, await _authorize_key(
-                s, ctx, key, policy, [batch[i] for i in indexes], now), strict=True):
+                s, ctx, key, policy, [batch[i] for i in indexes], recalls, now), strict=True):
             outcomes[i] = outcome
     for policy in policies.values():
         if policy.total_committed != policy.row.total_committed:
@@ -390,13 +407,26 @@ async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, Sessi
 
 async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
                          policy: _PolicyBooks | None, batch: list[_Pending],
+                         recalls: dict[idempotency.Scope, Any],
                          now: datetime) -> list[_Outcome]:
     """A batch's authorizations of one locked key, in arrival order; the key's books are
-    written here, its policy's (moved in `policy`) by the caller."""
+    written here, its policy's (moved in `policy`) by the caller. An Idempotency-Key
+    already used answers what it did (`recalls`: the batch's records, read before)."""
     outcomes: list[_Outcome] = []
     ledger = ledger_of(key)
     agent_active: bool | None = None
     for p in batch:
+        replace_expired = False
+        if p.scope is not None:
+            try:
+                lookup = idempotency.recalled_record(recalls.get(p.scope), p.fingerprint, now)
+            except ZpayError as exc:  # the key was used with another body
+                outcomes.append(exc)
+                continue
+            if lookup.remembered is not None:
+                outcomes.append(lookup.remembered)
+                continue
+            replace_expired = lookup.expired
         if not can_see_key(key, p.principal):  # unlinked from the caller's session
             outcomes.append(NotFound(f"no session key {key.id!r}",
                                      code="session_key_not_found"))
@@ -427,7 +457,7 @@ async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
                 await idempotency.remember(
                     s, ctx, p.principal, p.idempotency_key, p.fingerprint,
                     refusal={"code": refusal, "message": _refusal_message(refusal)},
-                    replace_expired=p.replace_expired)
+                    replace_expired=replace_expired)
             outcomes.append(PaymentRefused(_refusal_message(refusal), code=refusal))
             continue
         payment = Payment(
@@ -460,7 +490,7 @@ async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
         if p.idempotency_key is not None:
             await idempotency.remember(s, ctx, p.principal, p.idempotency_key,
                                        p.fingerprint, payment_id=p.payment_id,
-                                       replace_expired=p.replace_expired)
+                                       replace_expired=replace_expired)
     if ledger != ledger_of(key):
         await books.write(s, key, ledger, last_activity_at=now, updated_at=now)
     return outcomes
@@ -593,7 +623,8 @@ class _KeyBatches:
 
     turns: _Coalescer[_Pending | _Settlement, _Outcome]
 
-    async def authorize(self, ctx: AppContext, pending: _Pending) -> _Authorized | dict[str, Any]:
+    async def authorize(self, ctx: AppContext, pending: _Pending
+                        ) -> _Authorized | dict[str, Any] | idempotency.Remembered:
         outcome = await self.turns.submit(ctx, pending)
         if isinstance(outcome, BaseException):
             raise outcome

@@ -25,12 +25,12 @@ def table_of(model: Any) -> Table:
     return cast(Table, model.__table__)
 
 
-def ids_in(column: Any, dialect: str) -> ColumnElement[bool]:
-    """`column` among the list bound as `ids`: `= ANY($1)` on PostgreSQL (one fixed shape,
+def ids_in(column: Any, dialect: str, name: str = "ids") -> ColumnElement[bool]:
+    """`column` among the list bound as `name`: `= ANY($1)` on PostgreSQL (one fixed shape,
     which the direct executor runs), an expanding `IN` elsewhere."""
     if dialect == "postgresql":
-        return cast(ColumnElement[bool], column == any_(bindparam("ids", type_=ARRAY(column.type))))
-    return cast(ColumnElement[bool], column.in_(bindparam("ids", expanding=True)))
+        return cast(ColumnElement[bool], column == any_(bindparam(name, type_=ARRAY(column.type))))
+    return cast(ColumnElement[bool], column.in_(bindparam(name, expanding=True)))
 
 
 async def insert_row(s: Executor, model: Any, values: dict[str, Any]) -> None:
