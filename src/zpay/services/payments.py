@@ -209,13 +209,13 @@ async def _authorize(
     ctx: AppContext, principal: Principal, req: PaymentRequest, idempotency_key: str | None,
     fingerprint: str, form: PaymentForm = PaymentForm(),
 ) -> idempotency.Remembered | _Authorized | dict[str, Any]:
-    """Read (no lock) what the Idempotency-Key already did and the key; sign the transfer;
-    then, in ONE transaction under the key's row lock (and its policy session's), check
-    both layers and write the attempt, and either the refusal or the payment with its hold,
-    its recorded transfer and the key's binding. A refusal is committed (audit log, key
-    binding) before it is raised; the signed transfer of a refused payment is dropped.
-    Concurrent authorizations of one key in this process share that transaction
-    (`_KeyBatches`)."""
+    """Sign the transfer; then, in ONE transaction under the key's row lock (and its
+    policy session's), read what the Idempotency-Key already did, check both layers and
+    write the attempt, and either the refusal or the payment with its hold, its recorded
+    transfer and the key's binding. A refusal is committed (audit log, key binding) before
+    it is raised; the signed transfer of a refused payment is dropped. Concurrent
+    authorizations in this process share that transaction (`_KeyBatches`). A caller who
+    can no longer see the key is answered 404, a retry too (as `_replay` answers it)."""
     pending = await _sign(ctx, principal, req, idempotency_key, fingerprint, form)
     return await _batches_of(ctx).authorize(ctx, pending)
 
