@@ -19,6 +19,7 @@ from zpay.store.direct import Executor
 M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
+_UPDATED_TABLE: dict[int, str] = {}  # id of an `update_row` statement (kept above) → table
 
 
 def table_of(model: Any) -> Table:
@@ -51,6 +52,7 @@ async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any
         stmt = _UPDATES[shape] = update(table).where(
             table.c.id == bindparam("row_id")).values(
             {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in shape[1]})
+        _UPDATED_TABLE[id(stmt)] = table.name
     await s.execute(stmt, {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
 
 
@@ -74,9 +76,9 @@ class DeferredWrites:
         name = getattr(getattr(statement, "table", None), "name", "")
         if statement is _INSERTS.get(name):
             return True
-        # An `update_row` of a table named in `updates`: its shape is in its values' names.
-        shape = (name, tuple(sorted(k[2:] for k in params if k.startswith("v_"))))
-        return name in self._updated_tables and statement is _UPDATES.get(shape)
+        # An `update_row` statement (they live as long as the process) of a table named
+        # in `updates`.
+        return _UPDATED_TABLE.get(id(statement)) in self._updated_tables
 
     async def execute(self, statement: Any, params: Any = None, /) -> Any:
         if not self._deferred(statement, params):
