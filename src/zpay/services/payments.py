@@ -460,7 +460,7 @@ async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
                     replace_expired=replace_expired)
             outcomes.append(PaymentRefused(_refusal_message(refusal), code=refusal))
             continue
-        payment = Payment(
+        columns = dict(
             id=p.payment_id, merchant_id=key.merchant_id, session_key_id=key.id,
             agent_id=p.principal.agent_id, policy_session_id=key.policy_session_id,
             chain=key.chain, amount=p.value, recipient=p.recipient,
@@ -470,7 +470,8 @@ async def _authorize_key(s: Executor, ctx: AppContext, key: SessionKey,
             tx_reference=p.prepared.reference if p.prepared is not None else None,
             tx_id=None, failure_code=p.unsigned_code, idempotency_key=p.idempotency_key,
             created_at=now, updated_at=now)
-        await rows.insert_row(s, Payment, _columns(payment))
+        await rows.insert_row(s, Payment, columns)
+        payment = rows.transient(Payment, columns)  # not the ORM's constructor: ~20x cheaper
         if p.prepared is not None:
             ledger = ledger.hold(p.value)
             if policy is not None:
@@ -653,10 +654,6 @@ def _batches_of(ctx: AppContext) -> _KeyBatches:
                                  if isinstance(work, _Pending) else (work.key_id,)),
             lambda work: work.scope if isinstance(work, _Pending) else None))
     return batches
-
-
-def _columns(row: Any) -> dict[str, Any]:
-    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
 
 
 def _refusal_message(reason: str) -> str:
