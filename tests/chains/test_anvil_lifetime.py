@@ -242,3 +242,17 @@ def test_kill_of_the_parent_signals_anvil_even_when_idle(tmp_path: Path) -> None
     while alive(anvil_pid):
         assert time.monotonic() < deadline, "anvil outlived its killed parent"
         time.sleep(0.05)
+
+
+def test_a_port_another_node_holds_is_never_taken_for_ours() -> None:
+    """Two anvils on one port (a probed port taken before anvil binds it, as parallel
+    starts can): the one that lost the bind must not take the other, answering with the
+    same chain id, for itself."""
+    skip_unless_linux()
+    with AnvilProcess(chain_id=31337) as first:
+        assert first.port is not None and first.pid is not None
+        assert anvil_module.holds_listener(first.pid, first.port) is True
+        second = AnvilProcess(chain_id=31337, port=first.port, startup_timeout_s=10)
+        with pytest.raises(anvil_module.AnvilStartFailed):
+            second.start()
+        assert not second.running and first.running

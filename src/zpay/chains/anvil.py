@@ -150,6 +150,24 @@ def free_loopback_port() -> int:
         return port
 
 
+def holds_listener(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds the socket listening on loopback `port` (Linux /proc);
+    None where that cannot be told."""
+    try:
+        table = Path("/proc/net/tcp").read_text()
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    local = f"0100007F:{port:04X}"  # 127.0.0.1 (little-endian), the port (big-endian)
+    inodes = {f"socket:[{fields[9]}]" for line in table.splitlines()[1:]
+              if len(fields := line.split()) > 9 and fields[1] == local and fields[3] == "0A"}
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
+
+
 def _rpc_chain_id(url: str, timeout_s: float) -> int | None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
     request = urllib.request.Request(
@@ -401,6 +419,13 @@ class AnvilProcess:
                 return False
             chain_id = _rpc_chain_id(self.rpc_url, timeout_s=1.0)
             if chain_id is not None:
+                assert self.port is not None
+                if holds_listener(self._process.pid, self.port) is False:
+                    # Another node took the port between our probe and anvil's bind (a
+                    # second zpay, a parallel test): it answers, but it is not ours, and
+                    # ours is about to exit.
+                    time.sleep(0.05)
+                    continue
                 if chain_id != self.chain_id:
                     raise AnvilStartFailed(
                         f"port {self.port} answers chain id {chain_id}, not {self.chain_id}"
