@@ -589,6 +589,17 @@ async def test_a_wait_reads_the_status_once_per_block_not_once_per_poll() -> Non
         await bent.rpc("evm_mine")
         assert (await waiting).state is TransferState.CONFIRMED
         bent.adapter.node.observe(None)
+        # Closing stops the watch, even while a wait (for a transfer never sent) goes on.
+        lingering = asyncio.create_task(
+            bent.adapter.wait_for_transfer(f"{session.address}:0x{'33' * 32}:2000000000",
+                                           timeout_s=TIMEOUT_S)
+        )
+        await asyncio.sleep(0.2)
+        watch = bent.adapter._heads._task
+        assert watch is not None and not watch.done()
+        await bent.adapter._heads.close()
+        assert watch.done()
+        lingering.cancel()
 
 
 async def test_a_resubmitted_payment_settles_once(chain: Chain) -> None:

@@ -574,6 +574,7 @@ class EvmAdapter:
         return ChainReceipt(tx_id=sent.tx_hash, amount_base_units=amount_base_units)
 
     async def close(self) -> None:
+        await self._heads.close()
         await self.node.close()
         if self._anvil is not None:
             await self._anvil.stop_async()

@@ -405,6 +405,15 @@ class HeadWatch:
         finally:
             self._waiters -= 1
 
+    async def close(self) -> None:
+        """Stop watching (the node is going away); waiters time out as they would."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     async def _watch(self) -> None:
         while self._waiters:
             head = await self._block_number_or_none()
