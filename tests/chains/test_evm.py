@@ -26,6 +26,7 @@ from tests.chains.evm_support import (
     evm_local,
     funded_user,
     local_chain,
+    pay,
     sign_typed,
     sign_unsigned,
 )
@@ -552,14 +553,9 @@ async def test_a_wait_reads_the_status_once_per_block_not_once_per_poll() -> Non
     async with local_chain() as bent:  # polls every 50 ms, heals every 0.5 s
         session = bent.adapter.generate_wallet()
         await bent.adapter.faucet(session.address, bent.usdc, 10 * USDC)
-        prepared = await bent.adapter.prepare_transfer(
-            secret=session.secret,
-            source=session.address,
-            destination=bent.adapter.generate_wallet().address,
-            token=bent.usdc,
-            amount_base_units=3 * USDC,
-            reference_seed="pay_per_block",
-        )
+        prepared = await pay(bent.adapter, session.secret, session.address,
+                             bent.adapter.generate_wallet().address, bent.usdc, 3 * USDC,
+                             "pay_per_block")
         await bent.rpc("evm_setAutomine", False)
         await bent.adapter.submit_transfer(prepared)
         calls: Counter[str] = Counter()
