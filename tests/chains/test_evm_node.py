@@ -108,7 +108,8 @@ async def test_calls_reuse_kept_alive_connections() -> None:
             for _ in range(30):
                 assert await adapter.node.block_number() == 42
             assert accepted == 1
-            assert await asyncio.gather(*(adapter.node.block_number() for _ in range(8))) == [42] * 8
+            calls = (adapter.node.block_number() for _ in range(8))
+            assert await asyncio.gather(*calls) == [42] * 8
             assert accepted <= 8
         finally:
             await adapter.close()

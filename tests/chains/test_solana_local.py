@@ -1,5 +1,5 @@
-"""The embedded solana-local network: persistence across restarts, one owner at a time,
-local-only flows."""
+"""The embedded solana-local network: persistence across restarts, one chain shared by
+every process on its state directory, local-only flows."""
 
 from __future__ import annotations
 
@@ -123,14 +123,95 @@ async def test_a_fresh_state_dir_is_a_new_instance(tmp_path: Path) -> None:
         assert a.usdc.address != b.usdc.address
 
 
-async def test_one_owner_at_a_time(tmp_path: Path) -> None:
-    async with open_env("local", tmp_path):
-        with pytest.raises(ChainUnavailable) as err:
-            SolanaAdapter.local(get_network("solana-local"), tmp_path)
-        assert err.value.code == "chain_state_locked"
-    # released on close
-    adapter = SolanaAdapter.local(get_network("solana-local"), tmp_path)
-    await adapter.close()
+async def test_two_owners_of_one_state_dir_share_one_chain(tmp_path: Path) -> None:
+    """Two adapters on one state directory (as two processes: each its own flock
+    descriptor) see one chain: what one writes the other reads, a blockhash lapsed by one
+    is lapsed for the other, a transaction one processed the other refuses to run again."""
+    user, merchant = Keypair(), str(Keypair().pubkey())
+    async with open_env("local", tmp_path) as a, open_env("local", tmp_path) as b:
+        assert (a.adapter.instance_id, a.usdc.address) == (b.adapter.instance_id,
+                                                           b.usdc.address)
+        await a.fund(str(user.pubkey()), 50 * USDC)
+        session = b.adapter.generate_wallet()
+        await b.approve(user, session.address, 30 * USDC)
+        assert await a.balances(str(user.pubkey()), session.address) == [20 * USDC, 30 * USDC]
+        paid = await a.adapter.prepare_transfer(
+            secret=session.secret, source=session.address, destination=merchant,
+            token=a.usdc, amount_base_units=12 * USDC, reference_seed="pay_1")
+        await a.adapter.submit_transfer(paid)
+        with pytest.raises(TxRejected):  # the same signed transaction, through the other
+            b.chain.process(Transaction.from_bytes(paid.payload))
+        assert await b.balances(merchant, session.address) == [12 * USDC, 18 * USDC]
+
+        stale = await b.adapter.prepare_transfer(
+            secret=session.secret, source=session.address, destination=merchant,
+            token=b.usdc, amount_base_units=1 * USDC, reference_seed="pay_2")
+        a.advance_blockhash()
+        assert b.chain.latest_blockhash() == a.chain.latest_blockhash()
+        with pytest.raises(TransferFailed, match="lapsed"):
+            await b.adapter.submit_transfer(stale)
+    async with open_env("local", tmp_path) as env:  # and the ledger holds it all
+        assert await env.balances(merchant, session.address) == [12 * USDC, 18 * USDC]
+
+
+async def test_a_replica_follows_a_compaction_and_skips_a_torn_tail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner = str(Keypair().pubkey())
+    async with open_env("local", tmp_path) as a, open_env("local", tmp_path) as b:
+        monkeypatch.setattr(solana_local, "_COMPACT_MIN_BYTES", 0)
+        monkeypatch.setattr(solana_local, "_COMPACT_RATIO", 1)
+        before = (tmp_path / LEDGER_FILE).stat().st_ino
+        await a.fund(owner, 3 * USDC)  # outgrows the snapshot: a new file replaces it
+        assert (tmp_path / LEDGER_FILE).stat().st_ino != before
+        assert await b.balances(owner) == [3 * USDC]
+        monkeypatch.setattr(solana_local, "_COMPACT_MIN_BYTES", 2**40)
+        with open(tmp_path / LEDGER_FILE, "ab") as ledger:  # a writer died mid-frame
+            ledger.write(b"\x40\x00\x00\x00\xde\xad")
+        assert await b.balances(owner) == [3 * USDC]  # a reader stops before it
+        await b.fund(owner, 1 * USDC)  # a writer cuts it off first
+        assert await a.balances(owner) == [4 * USDC]
+        await a.fund(owner, 1 * USDC)
+        assert await b.balances(owner) == [5 * USDC]
+
+
+_MINTER = """
+import sys
+from pathlib import Path
+from solders.pubkey import Pubkey
+from zpay.chains.solana_local import LocalChain
+chain = LocalChain(Path(sys.argv[1]), tokens={"USDC": 6}, fsync=False)
+owner, mint = Pubkey.from_string(sys.argv[2]), Pubkey.from_string(chain.mint_address("USDC"))
+for _ in range(int(sys.argv[3])):
+    chain.faucet_mint(owner, mint, 1)
+chain.close()
+"""
+
+
+def test_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    """Three processes mint on one chain at once, 60 times each: every process's view, and
+    the ledger read afresh, hold all 180."""
+    import subprocess
+    import sys
+
+    chain = LocalChain(tmp_path, tokens={"USDC": 6}, fsync=False)
+    owner = Keypair().pubkey()
+    mint = Pubkey.from_string(chain.mint_address("USDC"))
+    account = associated_token_address(owner, mint)
+    try:
+        workers = [subprocess.Popen([sys.executable, "-c", _MINTER, str(tmp_path), str(owner),
+                                     "60"]) for _ in range(3)]
+        assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+        seen = chain.get_account(account)
+    finally:
+        chain.close()
+    fresh = LocalChain(tmp_path, tokens={"USDC": 6}, fsync=False)
+    try:
+        reloaded = fresh.get_account(account)
+    finally:
+        fresh.close()
+    for view in (seen, reloaded):
+        assert view is not None
+        assert int.from_bytes(view.data[64:72], "little") == 180
 
 
 async def test_torn_ledger_tail_is_dropped(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ context and serves the inherited socket on uvloop. SIGTERM/SIGINT are passed on;
 that fails to start stops the others.
 
 Several processes need what several replicas need: PostgreSQL (SQLite admits one writer;
-its discipline stays one process) and chains reached over RPC (the embedded LiteSVM chain
-belongs to one process; a local multi-process setup points `ZPAY_RPC_URL_SOLANA_LOCAL` at
-one `solana-test-validator`, and `ZPAY_RPC_URL_EVM_LOCAL` at one anvil, that all share).
+its discipline stays one process) and one chain they all see. The embedded `solana-local`
+is one: its state directory is shared, every process keeping a replica that follows the
+ledger (`zpay.chains.solana_local`). An embedded `evm-local` is an anvil each process
+would start for itself: a local multi-process setup points `ZPAY_RPC_URL_EVM_LOCAL` at one
+anvil that all share.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from zpay.chains.protocol import Family
 from zpay.chains.registry import get_network
 from zpay.settings import Settings
 
@@ -37,12 +40,13 @@ def check_multiprocess(settings: Settings) -> None:
         raise CannotFork("--workers > 1 needs PostgreSQL: SQLite admits one writer process "
                          "(set ZPAY_DATABASE_URL to a PostgreSQL database, or run one worker)")
     embedded = [name for name in settings.chains
-                if get_network(name).info.local and not get_network(name).rpc_url]
+                if (spec := get_network(name)).info.local and not spec.rpc_url
+                and spec.info.family != Family.SOLANA]  # solana-local's ledger is shared
     if embedded:
         raise CannotFork(
             f"--workers > 1 needs chains reached over RPC; {', '.join(embedded)} is embedded "
             f"in one process (point {', '.join(_rpc_env(n) for n in embedded)} at a shared "
-            "node: solana-test-validator, anvil)")
+            "node: anvil)")
 
 
 def _rpc_env(name: str) -> str:

@@ -8,8 +8,15 @@ the network spec (6 decimals for USDC, mint authority = a local faucet key) and 
     state_dir/ledger.bin   append-only frames [len u32][crc32 u32][entries...]; one frame
                            per transaction holds every writable account it touched (or a
                            tombstone), its signature and outcome, so a frame is applied
-                           whole or not at all; compacted into one snapshot frame on load
-    state_dir/.lock        flock: one process at a time may own the chain
+                           whole or not at all; compacted into one snapshot
+                           frame when it outgrows it
+    state_dir/.lock        flock, taken for each operation (shared to read, exclusive to
+                           write): several processes may share the chain
+
+Each process keeps a replica: before every operation, under the flock, it applies what
+other processes appended to the ledger since it last looked (or rebuilds itself from the
+ledger if another process compacted it), so every process sees one chain. A torn tail (a
+writer that died mid-frame) is cut off by the next writer.
 
 LiteSVM only accepts its latest blockhash and derives each new one deterministically from
 the previous, so replaying the number of `advance_blockhash` calls on load restores the
@@ -34,6 +41,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -73,6 +81,9 @@ _TAG_HEIGHT = b"H"  # blockhash height u64: how many times the blockhash was adv
 # Compact the ledger online once it outgrows its last snapshot this much (and this size).
 _COMPACT_RATIO = 4
 _COMPACT_MIN_BYTES = 64 * 2**20
+# How a replica closes an account another process's frame recorded as closed (LiteSVM
+# drops an account set without lamports).
+_CLOSED = Account(lamports=0, data=b"", owner=Pubkey.default(), executable=False, rent_epoch=0)
 
 
 class LocalChain:
@@ -101,7 +112,8 @@ class LocalChain:
         self._known: set[Pubkey] = set()  # accounts the ledger holds (to snapshot them)
         self._ledger_path: Path | None = None
         self._ledger: IO[bytes] | None = None
-        self._ledger_bytes = 0
+        self._ledger_file_id: tuple[int, int] | None = None  # (device, inode) applied
+        self._applied = 0  # ledger bytes this replica holds (applied or written)
         self._snapshot_bytes = 0
         self._lock_file: IO[bytes] | None = None
         self._closed = False
@@ -111,21 +123,21 @@ class LocalChain:
             self._ensure_mints(tokens)
             return
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._acquire_dir_lock(state_dir)
+        self._lock_file = open(state_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held until close()
         try:
-            fresh = not (state_dir / STATE_FILE).exists()
-            self._ledger_path = state_dir / LEDGER_FILE
-            if fresh:
-                self._genesis()
-            else:
-                self._load(state_dir)
-            self._compact()
-            if fresh:
-                # chain.json is published after the first snapshot: a crash in between
-                # leaves no chain.json, and the next start simply begins afresh.
-                self._write_state(state_dir)
-            self._ensure_mints(tokens)
-            self._ensure_fee_payer_funded()
+            with self._dir_locked(exclusive=True):
+                fresh = not (state_dir / STATE_FILE).exists()
+                self._ledger_path = state_dir / LEDGER_FILE
+                if fresh:
+                    self._genesis()
+                    self._compact()
+                    # chain.json is published after the first snapshot: a crash in between
+                    # leaves no chain.json, and the next start simply begins afresh.
+                    self._write_state(state_dir)
+                else:
+                    self._load(state_dir)
+                self._ensure_mints(tokens)
+                self._ensure_fee_payer_funded()
         except BaseException:
             self.close()
             raise
@@ -155,7 +167,7 @@ class LocalChain:
 
     def advance_blockhash(self) -> None:
         """Lapse the current blockhash: every transaction signed against it is now dead."""
-        with self._locked():
+        with self._locked(exclusive=True):
             self._svm.expire_blockhash()
             self._height += 1
             self._append([_height_entry(self._height)])
@@ -171,9 +183,9 @@ class LocalChain:
         """`process` for each, in order (its error or None), all made durable by ONE fsync
         before any of them is answered (a group commit: a burst of concurrent payments
         costs the disk one flush). Nobody sees any of them before that fsync: the chain's
-        lock is held throughout."""
+        lock is held throughout (and, across processes, the state directory's)."""
         outcomes: list[Exception | None] = []
-        with self._locked():
+        with self._locked(exclusive=True):
             try:
                 for transaction in transactions:
                     try:
@@ -204,7 +216,7 @@ class LocalChain:
         decimals = next((d for m, d in self._mints.values() if m == mint), None)
         if decimals is None:
             raise ChainError(f"{mint} is not a mint of this local chain", code="unknown_token")
-        with self._locked():
+        with self._locked(exclusive=True):
             transaction = stx.build_faucet_mint(
                 fee_payer=self._fee_payer,
                 mint_authority=self._faucet,
@@ -228,18 +240,86 @@ class LocalChain:
                 self._ledger.close()
                 self._ledger = None
             if self._lock_file is not None:
-                # Closing the descriptor releases the flock.
                 self._lock_file.close()
                 self._lock_file = None
 
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, exclusive: bool = False) -> Iterator[None]:
+        """The chain for one operation: this process's other threads kept out and, with a
+        state directory, other processes too (shared to read, exclusive to write), this
+        replica first brought up to what they wrote."""
         with self._lock:
             if self._closed:
                 raise ChainUnavailable("the embedded solana-local chain is closed")
+            if self._lock_file is None:
+                yield
+                return
+            with self._dir_locked(exclusive=exclusive):
+                self._catch_up(exclusive=exclusive)
+                yield
+
+    @contextlib.contextmanager
+    def _dir_locked(self, *, exclusive: bool) -> Iterator[None]:
+        assert self._lock_file is not None
+        descriptor = self._lock_file.fileno()
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
             yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+    def _catch_up(self, *, exclusive: bool) -> None:
+        """Apply the frames other processes appended since this replica last looked; a
+        ledger replaced by another process's compaction is replayed whole."""
+        assert self._ledger_path is not None
+        try:
+            current = os.stat(self._ledger_path)
+        except FileNotFoundError:
+            raise ChainUnavailable(f"the solana-local ledger {self._ledger_path} is missing",
+                                   code="chain_state_corrupt") from None
+        if (current.st_dev, current.st_ino) != self._ledger_file_id:
+            self._svm = LiteSVM().with_sigverify(False)
+            self._replay(exclusive=exclusive)
+            return
+        if current.st_size == self._applied:
+            return  # the common case: nobody else wrote
+        with open(self._ledger_path, "rb") as ledger:
+            ledger.seek(self._applied)
+            raw = ledger.read(current.st_size - self._applied)
+        used = 0
+        for payload, end in _frames(raw):
+            try:
+                updates, signatures, height = _decode_frame(payload)
+            except (ValueError, struct.error):
+                break
+            self._apply_live(updates, signatures, height)
+            used = end
+        self._applied += used
+        if used != len(raw) and exclusive:
+            self._cut_torn_tail(len(raw) - used)
+
+    def _apply_live(self, updates: list[tuple[Pubkey, Account | None]],
+                    signatures: list[tuple[Signature, str | None]], height: int | None) -> None:
+        for pubkey, account in updates:
+            if account is None:
+                self._svm.set_account(pubkey, _CLOSED)
+                self._known.discard(pubkey)
+            else:
+                self._svm.set_account(pubkey, account)
+                self._known.add(pubkey)
+        self._signatures.update(signatures)
+        while height is not None and self._height < height:
+            self._svm.expire_blockhash()
+            self._height += 1
+
+    def _cut_torn_tail(self, torn: int) -> None:
+        """Under the exclusive lock no frame is being written: bytes past the last whole
+        frame are a dead writer's torn frame, cut before anything is appended after them."""
+        assert self._ledger_path is not None
+        log.warning("solana-local ledger %s: dropped %d torn bytes", self._ledger_path, torn)
+        os.truncate(self._ledger_path, self._applied)
 
     def _process_locked(self, transaction: Transaction, *, sync: bool = True) -> None:
         signature = transaction.signatures[0]
@@ -300,8 +380,8 @@ class LocalChain:
         self._ledger.write(frame)
         if sync:
             self._sync()
-        self._ledger_bytes += len(frame)
-        if self._ledger_bytes > max(_COMPACT_MIN_BYTES, _COMPACT_RATIO * self._snapshot_bytes):
+        self._applied += len(frame)
+        if self._applied > max(_COMPACT_MIN_BYTES, _COMPACT_RATIO * self._snapshot_bytes):
             self._compact()
 
     def _sync(self) -> None:
@@ -328,8 +408,33 @@ class LocalChain:
             self._ledger.close()
             self._ledger = None
         atomic_write(self._ledger_path, snapshot)
+        self._open_ledger()
+        self._snapshot_bytes = self._applied = len(snapshot)
+
+    def _open_ledger(self) -> None:
+        assert self._ledger_path is not None
+        if self._ledger is not None:
+            self._ledger.close()
         self._ledger = open(self._ledger_path, "ab")  # noqa: SIM115 - held until close()
-        self._snapshot_bytes = self._ledger_bytes = len(snapshot)
+        opened = os.fstat(self._ledger.fileno())
+        self._ledger_file_id = (opened.st_dev, opened.st_ino)
+
+    def _replay(self, *, exclusive: bool) -> None:
+        """This (fresh) replica, from the whole ledger."""
+        assert self._ledger_path is not None
+        self._open_ledger()
+        replayed = _read_ledger(self._ledger_path)
+        for pubkey, account in replayed.accounts.items():
+            self._svm.set_account(pubkey, account)
+        self._known = set(replayed.accounts)
+        self._signatures = replayed.signatures
+        for _ in range(replayed.height):
+            self._svm.expire_blockhash()
+        self._height = replayed.height
+        self._applied = replayed.whole_bytes
+        self._snapshot_bytes = replayed.first_frame_bytes
+        if replayed.torn_bytes and exclusive:
+            self._cut_torn_tail(replayed.torn_bytes)
 
     def _genesis(self) -> None:
         self._instance_id = str(uuid.uuid4())
@@ -376,18 +481,6 @@ class LocalChain:
 
     # ---------------------------------------------------------------- persistence
 
-    def _acquire_dir_lock(self, state_dir: Path) -> None:
-        handle = open(state_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held until close()
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ChainUnavailable(
-                f"the solana-local state in {state_dir} is in use by another process or adapter",
-                code="chain_state_locked",
-            ) from None
-        self._lock_file = handle
-
     def _write_state(self, state_dir: Path) -> None:
         document = {
             "format": _STATE_FORMAT,
@@ -424,16 +517,11 @@ class LocalChain:
             raise ChainUnavailable(
                 f"the solana-local ledger in {state_dir} is missing", code="chain_state_corrupt"
             )
-        accounts, self._signatures, self._height = _read_ledger(ledger)
-        for pubkey, account in accounts.items():
-            self._svm.set_account(pubkey, account)
-        self._known = set(accounts)
-        for _ in range(self._height):
-            self._svm.expire_blockhash()
+        self._replay(exclusive=True)
         log.info(
             "solana-local %s loaded: %d accounts, %d transactions",
             self._instance_id,
-            len(accounts),
+            len(self._known),
             len(self._signatures),
         )
 
@@ -524,40 +612,59 @@ def _height_entry(height: int) -> bytes:
     return _TAG_HEIGHT + struct.pack("<Q", height)
 
 
-def _read_ledger(
-    path: Path,
-) -> tuple[dict[Pubkey, Account], dict[Signature, str | None], int]:
-    """Replay the ledger. A torn or corrupt tail (crash mid-write) ends the replay and is
-    cut off: frames are written whole, so everything before it is consistent."""
-    raw = path.read_bytes()
-    accounts: dict[Pubkey, Account] = {}
-    signatures: dict[Signature, str | None] = {}
-    height = 0
+@dataclass(frozen=True)
+class _Replayed:
+    accounts: dict[Pubkey, Account]
+    signatures: dict[Signature, str | None]
+    height: int
+    whole_bytes: int  # the whole frames; anything past them is a torn tail
+    torn_bytes: int
+    first_frame_bytes: int  # the snapshot the ledger starts with
+
+
+def _frames(raw: bytes) -> Iterator[tuple[bytes, int]]:
+    """(payload, offset past it) of each whole frame, up to the first torn or corrupt one."""
     offset = 0
     while offset + _FRAME_HEADER.size <= len(raw):
         length, crc = _FRAME_HEADER.unpack_from(raw, offset)
         start = offset + _FRAME_HEADER.size
         payload = raw[start : start + length]
         if len(payload) != length or zlib.crc32(payload) != crc:
-            break
+            return
+        offset = start + length
+        yield payload, offset
+
+
+def _read_ledger(path: Path) -> _Replayed:
+    """Replay the ledger. A torn or corrupt tail (crash mid-write) ends the replay: frames
+    are written whole, so everything before it is consistent."""
+    raw = path.read_bytes()
+    accounts: dict[Pubkey, Account] = {}
+    signatures: dict[Signature, str | None] = {}
+    height = whole = first = 0
+    for payload, end in _frames(raw):
         try:
-            frame_height = _apply_frame(payload, accounts, signatures)
+            updates, new_signatures, frame_height = _decode_frame(payload)
         except (ValueError, struct.error):
             break
+        for pubkey, account in updates:
+            if account is None:
+                accounts.pop(pubkey, None)
+            else:
+                accounts[pubkey] = account
+        signatures.update(new_signatures)
         if frame_height is not None:
             height = frame_height
-        offset = start + length
-    if offset != len(raw):
-        log.warning("solana-local ledger %s: dropped %d torn bytes", path, len(raw) - offset)
-    return accounts, signatures, height
+        whole = end
+        first = first or end
+    return _Replayed(accounts, signatures, height, whole, len(raw) - whole, first)
 
 
-def _apply_frame(
+def _decode_frame(
     payload: bytes,
-    accounts: dict[Pubkey, Account],
-    signatures: dict[Signature, str | None],
-) -> int | None:
-    """Apply one frame; decode it fully first so a bad frame changes nothing."""
+) -> tuple[list[tuple[Pubkey, Account | None]], list[tuple[Signature, str | None]], int | None]:
+    """One frame's account updates (None: closed), signatures and blockhash height, decoded
+    whole before anything is applied, so a bad frame changes nothing."""
     updates: list[tuple[Pubkey, Account | None]] = []
     new_signatures: list[tuple[Signature, str | None]] = []
     height: int | None = None
@@ -587,10 +694,4 @@ def _apply_frame(
             i += 8
         else:
             raise ValueError("unknown ledger entry")
-    for pubkey, account in updates:
-        if account is None:
-            accounts.pop(pubkey, None)
-        else:
-            accounts[pubkey] = account
-    signatures.update(new_signatures)
-    return height
+    return updates, new_signatures, height
