@@ -188,6 +188,8 @@ def bench_zpay(database_url: str, seconds: float, connections: int, workers: int
     the load of a shared machine drifts, and a row and its baseline must see the same."""
     # Rate limits are a deployment's policy, not the payment path: off, as in the baseline.
     env = {**zpay_env(database_url, tmp), "ZPAY_RATE_LIMIT_ENABLED": "0"}
+    if workers > 1:  # the workers share the connections one process would have
+        env["ZPAY_DB_POOL_SIZE"] = str(max(5, 20 // workers))
     run_zpay(["db", "upgrade"], env)
     created = run_zpay(["merchants", "create", "--name", "bench"], env)
     match = re.search(r"(sk_test_\w+)", created)

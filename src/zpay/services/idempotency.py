@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from zpay.domain.errors import InvalidRequest, ZpayError
 from zpay.domain.money import canonical_amount
@@ -68,15 +69,26 @@ class Lookup:
     expired: bool = False
 
 
-# Many principals' keys in one read (a coalesced batch of payments): each column among
-# its values — an index range of the (merchant, principal, key) unique index per
-# combination — and only the exact triples asked for kept.
-_RECALL_MANY = {dialect: select(
-    _RECORDS.c.merchant_id, _RECORDS.c.principal, _RECORDS.c.key, _RECORDS.c.request_hash,
-    _RECORDS.c.payment_id, _RECORDS.c.response_body, _RECORDS.c.expires_at,
-).where(ids_in(_RECORDS.c.merchant_id, dialect, "merchants"),
-        ids_in(_RECORDS.c.principal, dialect, "principals"),
-        ids_in(_RECORDS.c.key, dialect, "keys")) for dialect in ("postgresql", "sqlite")}
+# Many principals' keys in one read (a coalesced batch of payments), each triple one probe
+# of the (merchant, principal, key) unique index, whatever the merchant's history: on
+# PostgreSQL the triples are joined from arrays (`= ANY` on each column let its planner
+# scan every record of the merchant and filter); SQLite's IN on each column searches the
+# index on all three.
+_RECALLED = (_RECORDS.c.merchant_id, _RECORDS.c.principal, _RECORDS.c.key,
+             _RECORDS.c.request_hash, _RECORDS.c.payment_id, _RECORDS.c.response_body,
+             _RECORDS.c.expires_at)
+_WANTED = func.unnest(*(bindparam(name, type_=ARRAY(column.type)) for name, column in (
+    ("merchants", _RECORDS.c.merchant_id), ("principals", _RECORDS.c.principal),
+    ("keys", _RECORDS.c.key)))).table_valued("merchant_id", "principal", "key").render_derived(
+    name="wanted")
+_RECALL_MANY = {
+    "postgresql": select(*_RECALLED).join_from(_WANTED, _RECORDS, and_(
+        _RECORDS.c.merchant_id == _WANTED.c.merchant_id,
+        _RECORDS.c.principal == _WANTED.c.principal, _RECORDS.c.key == _WANTED.c.key)),
+    "sqlite": select(*_RECALLED).where(ids_in(_RECORDS.c.merchant_id, "sqlite", "merchants"),
+                                       ids_in(_RECORDS.c.principal, "sqlite", "principals"),
+                                       ids_in(_RECORDS.c.key, "sqlite", "keys")),
+}
 
 Scope = tuple[str, str, str]  # (merchant id, principal scope, Idempotency-Key)
 
@@ -89,10 +101,10 @@ async def recall_many(s: Executor, dialect: str, scopes: Iterable[Scope]) -> dic
     wanted = set(scopes)
     if not wanted:
         return {}
+    triples = sorted(wanted)
     found = (await s.execute(_RECALL_MANY[dialect], {
-        "merchants": sorted({m for m, _, _ in wanted}),
-        "principals": sorted({p for _, p, _ in wanted}),
-        "keys": sorted({k for _, _, k in wanted})})).all()
+        "merchants": [m for m, _, _ in triples], "principals": [p for _, p, _ in triples],
+        "keys": [k for _, _, k in triples]})).all()
     return {scope: row for row in found
             if (scope := (row.merchant_id, row.principal, row.key)) in wanted}
 
