@@ -21,6 +21,16 @@ CHECKOUT_TIMEOUT_S = 30  # as SQLAlchemy's pool_timeout
 RECYCLE_S = 1800  # as the engine's pool_recycle
 
 
+# Every statement on these connections finds its rows by key (ids, `= ANY` of ids, a
+# unique triple, a policy and a time range on its index). A prepared statement's plan is
+# made once per connection, from the statistics of that moment: made while a table was
+# young (or its statistics stale), it would scan the whole table and hash-join it, at a
+# cost growing with every row until the next ANALYZE re-plans it. Here a scan of a whole
+# table is never the right answer, so the planner may not choose one.
+HOT_PATH_PLANNING = {"enable_seqscan": "off", "enable_hashjoin": "off",
+                     "enable_mergejoin": "off"}
+
+
 async def _set_up(connection: asyncpg.Connection) -> None:
     """The codecs SQLAlchemy's asyncpg dialect installs on connect: JSON goes to the driver
     as the text the column types already serialized."""
@@ -55,7 +65,8 @@ class DirectPool:
                 connection, opened = self._idle.pop()
                 if not connection.is_closed():
                     return connection, opened
-            connection = await asyncpg.connect(self._dsn, timeout=60)
+            connection = await asyncpg.connect(self._dsn, timeout=60,
+                                               server_settings=HOT_PATH_PLANNING)
             try:
                 await _set_up(connection)
             except BaseException:
