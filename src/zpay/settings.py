@@ -13,6 +13,13 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _at_least_one(name: str, value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"ZPAY_{name}: must be at least 1")
+    return number
+
+
 _FRAME_SOURCE = re.compile(r"'none'|'self'|https?://[A-Za-z0-9.*-]+(:[0-9]+)?|[A-Za-z0-9.*-]+")
 
 
@@ -59,6 +66,8 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     log_level: str = "INFO"
     db_pool_size: int = 20
+    # Coalesced payment transactions running at once in a process (see services/payments).
+    hot_path_transactions: int = 1
     dashboard_session_ttl_s: int = 8 * 3600  # a dashboard sign-in lasts this long
     log_format: str = "text"  # text | json (one JSON object per line)
     # Rate limits (fixed windows). Store: memory (one process), database (shared by every
@@ -107,6 +116,8 @@ class Settings:
             idempotency_ttl_s=int(get("IDEMPOTENCY_TTL_S", str(24 * 3600))),
             log_level=get("LOG_LEVEL", "INFO"),
             db_pool_size=int(get("DB_POOL_SIZE", "20")),
+            hot_path_transactions=_at_least_one("HOT_PATH_TRANSACTIONS",
+                                                get("HOT_PATH_TRANSACTIONS", "1")),
             dashboard_session_ttl_s=int(get("DASHBOARD_SESSION_TTL_S", str(8 * 3600))),
             log_format=get("LOG_FORMAT", "text").strip().lower(),
             rate_limit_enabled=_bool(get("RATE_LIMIT_ENABLED", "1")),

@@ -153,3 +153,12 @@ def test_two_workers_on_the_embedded_solana_chain_are_exact(tmp_path: Path) -> N
 
 async def _balances(chain: SolanaAdapter, token: Any, owners: list[str]) -> list[int]:
     return [await chain.balance(owner, token) for owner in owners]
+
+
+def test_coalesced_transactions_per_process_are_a_setting(tmp_path: Path) -> None:
+    base = {"ZPAY_DATABASE_URL": PG, "ZPAY_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(base).hot_path_transactions == 1
+    assert Settings.from_env({**base, "ZPAY_HOT_PATH_TRANSACTIONS": "4"}
+                             ).hot_path_transactions == 4
+    with pytest.raises(ValueError, match="ZPAY_HOT_PATH_TRANSACTIONS: must be at least 1"):
+        Settings.from_env({**base, "ZPAY_HOT_PATH_TRANSACTIONS": "0"})

@@ -7,6 +7,7 @@ their own pools and coalescers), on both databases."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from decimal import Decimal
 
@@ -124,11 +125,16 @@ async def test_a_transfer_settled_twice_in_one_batch_is_captured_once(ctx: AppCo
     assert Decimal(status["windows"]["day"]["used"]) == 3
 
 
-async def test_concurrent_payments_on_keys_sharing_a_session_are_exact(ctx: AppContext) -> None:
+@pytest.mark.parametrize("transactions", [1, 4])
+async def test_concurrent_payments_on_keys_sharing_a_session_are_exact(
+        ctx: AppContext, transactions: int) -> None:
     """Four keys of one agent linked to ONE policy session, 64 concurrent payments spread
     over them: batches hold several keys at once, the session's day window is shared
     within a batch, and every key's balance and the window come out exact — on the books
-    and on the chain."""
+    and on the chain. With one coalesced transaction at a time (the default) and with
+    four (`ZPAY_HOT_PATH_TRANSACTIONS`), none sharing a key or the session."""
+    ctx = dataclasses.replace(ctx, settings=dataclasses.replace(
+        ctx.settings, hot_path_transactions=transactions))
     agent, first_key, policy_id = await linked_key(ctx, funds="25", day="60", week="100000",
                                                    month="100000")
     merchant = Principal(agent.merchant_id, Role.MERCHANT)
