@@ -10,7 +10,6 @@ it never can. Anything unanswered within `confirm_timeout_s` is answered `submit
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 import weakref
@@ -65,10 +64,6 @@ _LOCK_POLICY = select(_POLICIES).where(_POLICIES.c.id == bindparam("id")).with_f
 _LOCK_KEYS, _LOCK_POLICIES = ({
     dialect: select(table).where(rows.ids_in(table.c.id, dialect)).order_by(table.c.id)
     .with_for_update() for dialect in ("postgresql", "sqlite")} for table in (_KEYS, _POLICIES))
-# The keys no other transaction holds (PostgreSQL; SQLite has one writer at a time).
-_LOCK_FREE_KEYS = {**_LOCK_KEYS, "postgresql": select(_KEYS).where(
-    rows.ids_in(_KEYS.c.id, "postgresql")).order_by(_KEYS.c.id).with_for_update(
-    skip_locked=True)}
 _AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
 # A settlement's payments, each with the transfer that names it, locked in id order.
 _LOCK_PAYMENTS_OF_TRANSFERS = {
@@ -323,15 +318,6 @@ async def _signing_key(ctx: AppContext, principal: Principal,
 
 
 _Outcome = _Authorized | dict[str, Any] | idempotency.Remembered | ZpayError
-
-
-class _Skipped(enum.Enum):
-    """Work whose key another process's transaction held: not decided, queued again."""
-
-    SKIPPED = "skipped"
-
-
-_SKIPPED = _Skipped.SKIPPED
 _In = TypeVar("_In")
 _M = TypeVar("_M")
 _Out = TypeVar("_Out")
@@ -362,23 +348,17 @@ class _Settlement:
     status: TransferStatus
 
 
-async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement], *,
-                wait: bool = True) -> list[_Outcome | _Skipped]:
+async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_Outcome]:
     """ONE transaction for the work queued meanwhile, of one key or many: the keys locked
     once, in id order; the settlements first (captures and releases booked), then the
-    authorizations, each decided in arrival order against what the ones before it left.
-    Unless `wait`, a key another process's transaction holds is skipped: its work is
-    answered `_SKIPPED` (to be queued again, and then waited for) and the rest goes on."""
+    authorizations, each decided in arrival order against what the ones before it left."""
     now = ctx.now()
-    outcomes: dict[int, _Outcome | _Skipped] = {}
+    settling = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Settlement)]
+    authorizing = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Pending)]
+    outcomes: dict[int, _Outcome] = {}
     async with ctx.db.hot_transaction() as tx:
-        keys = await _locked(tx, SessionKey, _LOCK_KEYS if wait else _LOCK_FREE_KEYS,
-                             ctx.db.dialect, {w.key_id for w in batch})
-        outcomes.update((i, _SKIPPED) for i, w in enumerate(batch) if w.key_id not in keys)
-        settling = [(i, w) for i, w in enumerate(batch)
-                    if isinstance(w, _Settlement) and i not in outcomes]
-        authorizing = [(i, w) for i, w in enumerate(batch)
-                       if isinstance(w, _Pending) and i not in outcomes]
+        keys = await _locked(tx, SessionKey, _LOCK_KEYS, ctx.db.dialect,
+                             {w.key_id for w in batch})
         if settling:
             views = await _settle_locked(tx, ctx, keys, [w for _, w in settling], now)
             outcomes.update(zip((i for i, _ in settling), views, strict=True))
@@ -541,61 +521,49 @@ class _Coalescer(Generic[_In, _Out]):
     One transaction at a time (`ZPAY_HOT_PATH_TRANSACTIONS`, default 1) makes the largest
     batches: under load a payment then cost the process 20-40% less CPU, and PostgreSQL
     40-55% less, than with four at once (benchmarks/hot_path.py); several processes
-    (`zpay serve --workers N`) bring the concurrency.
-
-    A transaction does not wait for a key another process's transaction holds: that
-    key's work is skipped and queued again, in front, marked to wait; it then runs in a
-    transaction of its own, which waits for the lock beside the others (one such at a
-    time), so no process stalls on another's lock and nothing is skipped twice."""
+    (`zpay serve --workers N`) bring the concurrency."""
 
     MAX_BATCH = 64
 
-    def __init__(self, run: Callable[..., Awaitable[list[_Out | _Skipped]]],
+    def __init__(self, run: Callable[[AppContext, list[_In]], Awaitable[list[_Out]]],
                  rows_of: Callable[[_In], Iterable[str | None]],
                  conflict: Callable[[_In], Any] = lambda _item: None,
                  max_running: int = 1) -> None:
         self._run_batch, self._rows_of, self._conflict = run, rows_of, conflict
         self.max_running = max_running
-        self._queue: list[_Queued[_In, _Out]] = []
+        self._queue: list[tuple[_In, asyncio.Future[_Out]]] = []
         self._busy: set[Any] = set()  # the rows and conflicts of running transactions
-        self._running: dict[asyncio.Task[None], bool] = {}  # -> waits for locks
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, ctx: AppContext, item: _In) -> _Out:
         future: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)  # also when the request itself is gone
-        self._queue.append(_Queued(item, future))
+        self._queue.append((item, future))
         self._start(ctx)
         # Shielded: a cancelled request's work may already be committing with its batch
         # (its Idempotency-Key then answers it; reconciliation finishes what it left).
         return await asyncio.shield(future)
 
     def _start(self, ctx: AppContext) -> None:
-        # Work that was skipped first: it is the oldest of its keys.
-        for waiting, most in ((True, 1), (False, self.max_running)):
-            while self._queue and sum(w == waiting for w in self._running.values()) < most:
-                batch, claims = self._take(waiting)
-                if not batch:
-                    break
-                self._busy |= claims
-                task = asyncio.create_task(self._run_claimed(ctx, batch, claims, waiting))
-                self._running[task] = waiting
+        while len(self._running) < self.max_running and self._queue:
+            batch, claims = self._take()
+            if not batch:
+                return
+            self._busy |= claims
+            task = asyncio.create_task(self._run_claimed(ctx, batch, claims))
+            self._running.add(task)
 
-    def _take(self, waiting: bool) -> tuple[list[_Queued[_In, _Out]], set[Any]]:
+    def _take(self) -> tuple[list[tuple[_In, asyncio.Future[_Out]]], set[Any]]:
         """The next batch: queued work whose rows (key, policy session) and Idempotency-Key
-        no running transaction holds, one use of an Idempotency-Key per batch (a second use
-        then conflicts and is answered from the first), in arrival order. `waiting`: the
-        work marked to wait, and what came after it for the same rows only (it would wait
-        for the same locks)."""
-        batch: list[_Queued[_In, _Out]] = []
-        left: list[_Queued[_In, _Out]] = []
+        no running transaction holds, one use of an Idempotency-Key per batch (a second
+        use then conflicts and is answered from the first), in arrival order."""
+        batch: list[tuple[_In, asyncio.Future[_Out]]] = []
+        left: list[tuple[_In, asyncio.Future[_Out]]] = []
         claims: set[Any] = set()
         for entry in self._queue:
-            locked = {row for row in self._rows_of(entry.item) if row is not None}
-            conflict = self._conflict(entry.item)
-            joins = entry.wait or (bool(locked) and locked <= claims) if waiting else (
-                not entry.wait)
-            if (not joins or len(batch) == self.MAX_BATCH
-                    or not locked.isdisjoint(self._busy)
+            locked = {row for row in self._rows_of(entry[0]) if row is not None}
+            conflict = self._conflict(entry[0])
+            if (len(batch) == self.MAX_BATCH or not locked.isdisjoint(self._busy)
                     or (conflict is not None and (conflict in claims or conflict in self._busy))):
                 left.append(entry)
                 continue
@@ -606,57 +574,44 @@ class _Coalescer(Generic[_In, _Out]):
         self._queue[:] = left
         return batch, claims
 
-    async def _run_claimed(self, ctx: AppContext, batch: list[_Queued[_In, _Out]],
-                           claims: set[Any], waiting: bool) -> None:
+    async def _run_claimed(self, ctx: AppContext, batch: list[tuple[_In, asyncio.Future[_Out]]],
+                           claims: set[Any]) -> None:
         try:
-            await self._run(ctx, batch, waiting)
+            await self._run(ctx, batch)
         except BaseException:
             # Cancelled: the server stops, and nothing queued will be taken any more.
-            for entry in self._queue:
-                if not entry.future.done():
-                    entry.future.set_exception(ZpayError("the server is stopping; retry",
-                                                         code="service_unavailable"))
+            for _, future in self._queue:
+                if not future.done():
+                    future.set_exception(ZpayError("the server is stopping; retry",
+                                                   code="service_unavailable"))
             self._queue.clear()
             raise
         finally:
-            self._running.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._busy -= claims
         self._start(ctx)
 
-    async def _run(self, ctx: AppContext, batch: list[_Queued[_In, _Out]],
-                   waiting: bool) -> None:
+    async def _run(self, ctx: AppContext, batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
         try:
-            outcomes = await self._run_batch(ctx, [entry.item for entry in batch],
-                                             wait=waiting)
+            outcomes = await self._run_batch(ctx, [item for item, _ in batch])
         except Exception as exc:
             if len(batch) > 1 and _one_by_one(exc):
-                for entry in batch:
-                    await self._run(ctx, [entry], waiting)
+                for item in batch:
+                    await self._run(ctx, [item])
                 return
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
             return
         except BaseException:  # cancelled (the server stops): nobody waits forever
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(ZpayError("the server is stopping; retry",
-                                                         code="service_unavailable"))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(ZpayError("the server is stopping; retry",
+                                                   code="service_unavailable"))
             raise
-        skipped = []
-        for entry, outcome in zip(batch, outcomes, strict=True):
-            if outcome is _SKIPPED:
-                skipped.append(_Queued(entry.item, entry.future, wait=True))
-            elif not entry.future.done():
-                entry.future.set_result(outcome)
-        self._queue[:0] = skipped  # in front: older than anything queued of their keys
-
-
-@dataclass(frozen=True)
-class _Queued(Generic[_In, _Out]):
-    item: _In
-    future: asyncio.Future[_Out]
-    wait: bool = False  # skipped once for another process's lock: wait for it now
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
 
 def _one_by_one(exc: Exception) -> bool:
