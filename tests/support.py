@@ -112,3 +112,17 @@ async def active_key(api: Api, ctx: AppContext, *, max_amount: str = "500",
                           user.sign_approval(key))
     assert status["status"] == "active"
     return agent, status, user
+
+
+def spent_within_limits(results: list[tuple[int, str]], *, funds: int, day: int) -> int:
+    """What concurrent payments of (amount, final status or refusal code) on ONE key funded
+    with `funds` and allowed `day` a day paid, checked exact: never more than both allow,
+    and, since capacity only shrank during the run, every refusal asked for more than was
+    left then, so for more than is left now — nothing allowed was refused."""
+    spent = sum(amount for amount, status in results if status == "succeeded")
+    refused = [(amount, status) for amount, status in results if status != "succeeded"]
+    assert spent <= min(funds, day)
+    left = min(funds, day) - spent
+    assert refused and all(amount > left for amount, _ in refused), (left, refused)
+    assert {code for _, code in refused} <= {"daily_limit", "insufficient_session_balance"}
+    return spent

@@ -24,7 +24,7 @@ from benchmarks.books_vs_chain import EvmChain, Proc, pg_admin, run_zpay, zpay_c
 from eth_account import Account
 
 from tests.conftest import PG_DSN
-from tests.support import free_port
+from tests.support import free_port, spent_within_limits
 from zpay.chains.anvil import AnvilProcess
 from zpay.client.wallet import EvmWallet
 
@@ -86,15 +86,7 @@ async def _run(urls: list[str], api_key: str, rpc_url: str) -> None:
 
         results = await asyncio.gather(*(pay(i, a) for i, a in enumerate(amounts)))
 
-    paid = [amount for amount, status in results if status == "succeeded"]
-    refused = [(amount, status) for amount, status in results if status != "succeeded"]
-    spent = sum(paid)
-    assert spent <= min(FUNDS, DAY)
-    # Capacity only shrank during the run: every refusal asked for more than was left then,
-    # so for more than is left now — nothing allowed was refused, nothing refused was paid.
-    left = min(FUNDS, DAY) - spent
-    assert refused and all(amount > left for amount, _ in refused), (left, refused)
-    assert {code for _, code in refused} <= {"daily_limit", "insufficient_session_balance"}
+    spent = spent_within_limits(results, funds=FUNDS, day=DAY)
 
     chain = EvmChain(rpc_url)
     try:
