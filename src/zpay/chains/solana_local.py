@@ -41,7 +41,6 @@ import threading
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -280,28 +279,40 @@ class LocalChain:
             raise ChainUnavailable(f"the solana-local ledger {self._ledger_path} is missing",
                                    code="chain_state_corrupt") from None
         if (current.st_dev, current.st_ino) != self._ledger_file_id:
-            self._svm = LiteSVM().with_sigverify(False)
             self._replay(exclusive=exclusive)
-            return
-        if current.st_size == self._applied:
-            return  # the common case: nobody else wrote
+        elif current.st_size != self._applied:  # another process wrote
+            self._apply_ledger(exclusive=exclusive)
+
+    def _replay(self, *, exclusive: bool) -> None:
+        """This replica afresh, from the whole ledger."""
+        self._open_ledger()
+        self._svm = LiteSVM().with_sigverify(False)
+        self._known, self._signatures, self._height = set(), {}, 0
+        self._applied = self._snapshot_bytes = 0
+        self._apply_ledger(exclusive=exclusive)
+
+    def _apply_ledger(self, *, exclusive: bool) -> None:
+        """Apply the ledger's frames past `_applied`, up to a torn or corrupt one (a writer
+        died mid-frame: frames are written whole, so everything before it is consistent)."""
+        assert self._ledger_path is not None
         with open(self._ledger_path, "rb") as ledger:
             ledger.seek(self._applied)
-            raw = ledger.read(current.st_size - self._applied)
+            raw = ledger.read()
         used = 0
         for payload, end in _frames(raw):
             try:
                 updates, signatures, height = _decode_frame(payload)
             except (ValueError, struct.error):
                 break
-            self._apply_live(updates, signatures, height)
+            self._apply_frame(updates, signatures, height)
             used = end
+            self._snapshot_bytes = self._snapshot_bytes or end  # the ledger's first frame
         self._applied += used
         if used != len(raw) and exclusive:
             self._cut_torn_tail(len(raw) - used)
 
-    def _apply_live(self, updates: list[tuple[Pubkey, Account | None]],
-                    signatures: list[tuple[Signature, str | None]], height: int | None) -> None:
+    def _apply_frame(self, updates: list[tuple[Pubkey, Account | None]],
+                     signatures: list[tuple[Signature, str | None]], height: int | None) -> None:
         for pubkey, account in updates:
             if account is None:
                 self._svm.set_account(pubkey, _CLOSED)
@@ -418,23 +429,6 @@ class LocalChain:
         self._ledger = open(self._ledger_path, "ab")  # noqa: SIM115 - held until close()
         opened = os.fstat(self._ledger.fileno())
         self._ledger_file_id = (opened.st_dev, opened.st_ino)
-
-    def _replay(self, *, exclusive: bool) -> None:
-        """This (fresh) replica, from the whole ledger."""
-        assert self._ledger_path is not None
-        self._open_ledger()
-        replayed = _read_ledger(self._ledger_path)
-        for pubkey, account in replayed.accounts.items():
-            self._svm.set_account(pubkey, account)
-        self._known = set(replayed.accounts)
-        self._signatures = replayed.signatures
-        for _ in range(replayed.height):
-            self._svm.expire_blockhash()
-        self._height = replayed.height
-        self._applied = replayed.whole_bytes
-        self._snapshot_bytes = replayed.first_frame_bytes
-        if replayed.torn_bytes and exclusive:
-            self._cut_torn_tail(replayed.torn_bytes)
 
     def _genesis(self) -> None:
         self._instance_id = str(uuid.uuid4())
@@ -612,16 +606,6 @@ def _height_entry(height: int) -> bytes:
     return _TAG_HEIGHT + struct.pack("<Q", height)
 
 
-@dataclass(frozen=True)
-class _Replayed:
-    accounts: dict[Pubkey, Account]
-    signatures: dict[Signature, str | None]
-    height: int
-    whole_bytes: int  # the whole frames; anything past them is a torn tail
-    torn_bytes: int
-    first_frame_bytes: int  # the snapshot the ledger starts with
-
-
 def _frames(raw: bytes) -> Iterator[tuple[bytes, int]]:
     """(payload, offset past it) of each whole frame, up to the first torn or corrupt one."""
     offset = 0
@@ -633,31 +617,6 @@ def _frames(raw: bytes) -> Iterator[tuple[bytes, int]]:
             return
         offset = start + length
         yield payload, offset
-
-
-def _read_ledger(path: Path) -> _Replayed:
-    """Replay the ledger. A torn or corrupt tail (crash mid-write) ends the replay: frames
-    are written whole, so everything before it is consistent."""
-    raw = path.read_bytes()
-    accounts: dict[Pubkey, Account] = {}
-    signatures: dict[Signature, str | None] = {}
-    height = whole = first = 0
-    for payload, end in _frames(raw):
-        try:
-            updates, new_signatures, frame_height = _decode_frame(payload)
-        except (ValueError, struct.error):
-            break
-        for pubkey, account in updates:
-            if account is None:
-                accounts.pop(pubkey, None)
-            else:
-                accounts[pubkey] = account
-        signatures.update(new_signatures)
-        if frame_height is not None:
-            height = frame_height
-        whole = end
-        first = first or end
-    return _Replayed(accounts, signatures, height, whole, len(raw) - whole, first)
 
 
 def _decode_frame(
