@@ -178,3 +178,36 @@ def test_planned_values_are_what_construct_params_gives() -> None:
     assert "active" in first.args({"id": "k"}) and "frozen" in second.args({"id": "k"})
     with pytest.raises(InvalidRequestError, match="'id'"):
         DirectExecutor._compiled(BY_ID, {"id": "x"}).args({})
+
+
+async def test_rows_of_one_shape_go_out_as_one_statement_text_whatever_their_number(
+        ctx: AppContext) -> None:
+    """Many INSERTed rows, or many rows UPDATEd by id, of one shape: on PostgreSQL one
+    statement over arrays of their values (`unnest`), the same text for 2 rows or 40 — so
+    it is planned once — and every value (JSON, booleans, times) lands exactly."""
+    merchant = (await create_merchant(ctx, "shop")).merchant_id
+    for count in (2, 40):
+        async with ctx.db.hot_transaction() as tx:
+            writes = rows.DeferredWrites(tx, updates=(Event,))
+            for n in range(count):
+                await rows.insert_row(writes, Event, _event(merchant, f"evt_{count}_{n:02d}",
+                                                            {"n": n}))
+            await writes.flush()
+        async with ctx.db.hot_transaction() as tx:
+            writes = rows.DeferredWrites(tx, updates=(Event,))
+            for n in range(count):
+                await rows.update_row(writes, Event, f"evt_{count}_{n:02d}", {
+                    "data": {"n": n, "seen": None} if n % 2 else {"n": -n},
+                    "dispatched": n % 3 == 0})
+            await writes.flush()
+        async with ctx.db.sessions() as s:
+            stored = (await s.execute(select(Event.id, Event.data, Event.dispatched).where(
+                Event.id.like(f"evt_{count}_%")).order_by(Event.id))).all()
+        assert [tuple(r) for r in stored] == [
+            (f"evt_{count}_{n:02d}", {"n": n, "seen": None} if n % 2 else {"n": -n}, n % 3 == 0)
+            for n in range(count)]
+    if ctx.db.dialect == "postgresql":
+        texts = [sql for sql in direct._COLUMNAR if sql.startswith(("INSERT INTO events",
+                                                                    "UPDATE events"))]
+        columnar = [direct._COLUMNAR[sql] for sql in texts]
+        assert len(texts) == 2 and all(c is not None and "unnest(" in c.sql for c in columnar)

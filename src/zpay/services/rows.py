@@ -60,10 +60,10 @@ class DeferredWrites:
     """The executor for a transaction that writes many rows and reads none of them back (a
     coalesced batch of payments): `insert_row`s — and `update_row`s of the tables named in
     `updates` — wait for `flush`, which sends them in as few round trips as the executor
-    allows: ONE statement on PostgreSQL (`execute_together`: an INSERT of many rows as one
-    multi-row VALUES), else one executemany per shape; always in the order first made (a
-    parent before its children). Every other statement runs at once: use it only where no
-    statement reads what a deferred one writes."""
+    allows: ONE statement on PostgreSQL (`execute_together`: the rows of each shape
+    written from arrays of their values), else one executemany per shape; always in the
+    order first made (a parent before its children). Every other statement runs at once:
+    use it only where no statement reads what a deferred one writes."""
 
     def __init__(self, executor: Executor, *, updates: tuple[Any, ...] = ()) -> None:
         self._executor = executor

@@ -217,6 +217,48 @@ class DirectResult:
 
 _COUNT = re.compile(r"(\d+)$")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# `$n::TYPE` as the asyncpg dialect compiles a bound value (TYPE may be `NUMERIC(78, 0)` or
+# `TIMESTAMP WITH TIME ZONE`).
+_TYPED = r"\$(\d+)::([A-Z][A-Z ]*(?:\(\d+(?:, \d+)?\))?)"
+_INSERT_ROW = re.compile(r"(INSERT INTO \w+ \([\w, ]+\)) VALUES \((.*)\)", re.S)
+_UPDATE_BY_ID = re.compile(rf"UPDATE (\w+) SET (.*) WHERE \1\.id = {_TYPED}", re.S)
+_COLUMNAR: dict[str, _Compiled | None] = {}
+
+
+def _columnar(compiled: _Compiled) -> _Compiled | None:
+    """An INSERT of one row, or an UPDATE of one row by id, as a statement that writes any
+    number of rows from one array per value (`unnest`): one statement text whatever the
+    row count, so PostgreSQL plans it once. None for any other shape."""
+    if compiled.sql in _COLUMNAR:
+        return _COLUMNAR[compiled.sql]
+    sql = None
+    if (insert := _INSERT_ROW.fullmatch(compiled.sql)) is not None:
+        typed = re.findall(_TYPED, insert.group(2))
+        if ", ".join(f"${n}::{t}" for n, t in typed) == insert.group(2):
+            sql = f"{insert.group(1)} SELECT * FROM unnest({_arrays(typed)})"
+    elif (update := _UPDATE_BY_ID.fullmatch(compiled.sql)) is not None:
+        table, assignments, id_number, id_type = update.groups()
+        typed = re.findall(rf"(\w+)={_TYPED}", assignments)
+        if ", ".join(f"{c}=${n}::{t}" for c, n, t in typed) == assignments:
+            names = {int(n): c for c, n, _ in typed} | {int(id_number): "zpay_row_id"}
+            arrays = [(n, t) for _, n, t in typed] + [(id_number, id_type)]
+            sql = (f"UPDATE {table} SET {', '.join(f'{c}=zpay_v.{c}' for c, _, _ in typed)} "
+                   f"FROM unnest({_arrays(sorted(arrays, key=lambda a: int(a[0])))}) AS "
+                   f"zpay_v({', '.join(names[n] for n in sorted(names))}) "
+                   f"WHERE {table}.id = zpay_v.zpay_row_id")
+    found = None
+    if sql is not None and _PLACEHOLDER.findall(sql) == [str(n) for n in range(
+            1, len(compiled.names) + 1)]:
+        found = _Compiled(sql, compiled.names, compiled.bind, compiled.defaults, None, (),
+                          compiled.compiled)
+    if len(_COLUMNAR) >= _MAX_SHAPES:
+        _COLUMNAR.clear()
+    _COLUMNAR[compiled.sql] = found
+    return found
+
+
+def _arrays(typed: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"${n}::{t}[]" for n, t in typed)
 
 
 def _multirow(compiled: _Compiled, rows: int, offset: int) -> str:
@@ -324,8 +366,9 @@ class DirectExecutor:
         """Several writes (no RETURNING) as ONE statement and round trip: PostgreSQL's
         data-modifying WITH runs each exactly once, all on one snapshot — so none may read
         or change a row another one writes (the caller's promise; rows.DeferredWrites).
-        An item with a list of parameter sets writes each: an INSERT as one multi-row
-        VALUES, anything else once per set. Past PostgreSQL's limit of bound values per
+        An item with a list of parameter sets writes each: an INSERT of a row, or an
+        UPDATE of a row by id, as one statement over arrays of the values (`_columnar`),
+        anything else once per set. Past PostgreSQL's limit of bound values per
         statement, it takes several statements (still in order, in the caller's
         transaction)."""
         parts: list[tuple[_Compiled, int, list[Any]]] = []  # (shape, rows, values)
@@ -335,7 +378,11 @@ class DirectExecutor:
             compiled = bound.compiled
             if compiled.row is not None:
                 raise TypeError("a combined write answers no rows (no RETURNING)")
-            if isinstance(stmt, Insert):
+            columnar = _columnar(compiled) if len(many) > 1 else None
+            if columnar is not None:
+                rows = [bound.args(p) for p in many]
+                parts.append((columnar, 1, [list(column) for column in zip(*rows, strict=True)]))
+            elif isinstance(stmt, Insert):
                 for start in range(0, len(many), _MAX_ROWS_PER_INSERT):
                     chunk = many[start:start + _MAX_ROWS_PER_INSERT]
                     parts.append((compiled, len(chunk), [
