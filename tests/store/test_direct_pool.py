@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 
@@ -62,3 +63,32 @@ async def test_at_most_size_connections_and_a_bounded_wait(
     await pool.close()
     with pytest.raises(sa_exc.InvalidRequestError):
         await pool.acquire()
+
+
+async def _plans_of(connection: asyncpg.Connection, sql: str, *args: object) -> tuple[int, int]:
+    """(generic, custom) plans PostgreSQL made for a statement run 8 times as a prepared
+    statement (asyncpg's cache), as the hot path runs it."""
+    for _ in range(8):
+        await connection.fetch(sql, *args)
+    return await connection.fetchrow(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+        "WHERE statement = $1", sql)
+
+
+async def test_a_keyed_statement_is_planned_once_per_connection(
+        pool: DirectPool, pg_database: str) -> None:
+    """PostgreSQL re-plans an `= ANY($1)` lookup on every execution by default (its
+    generic plan's cost, guessed for an array of unknown length, loses to the custom
+    plans'): ~0.1 ms per statement of a payment. The hot path's connections plan it once."""
+    sql = "SELECT oid FROM pg_class WHERE oid = ANY($1::oid[]) ORDER BY oid"
+    hot, opened = await pool.acquire()
+    try:
+        assert tuple(await _plans_of(hot, sql, [1259])) == (8, 0)
+    finally:
+        pool.release(hot, opened)
+    plain = await asyncpg.connect(f"{PG_DSN}/{pg_database}")
+    try:  # the default, for contrast: a custom plan on every execution
+        assert tuple(await _plans_of(plain, sql, [1259])) == (0, 8)
+    finally:
+        await plain.close()
+    await pool.close()
