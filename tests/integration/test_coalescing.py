@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pytest
 from solders.keypair import Keypair
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.integration.test_windows import linked_key
 from tests.support import funded_user
@@ -192,3 +192,62 @@ async def test_concurrent_payments_on_keys_sharing_a_session_are_exact(
     for at, key_id in attempts:
         keys_at.setdefault(at, set()).add(key_id)
     assert len(attempts) == 64 and max(len(k) for k in keys_at.values()) > 1
+
+
+async def _waiting_for_locks(db: Database) -> int:
+    async with db.sessions() as s:
+        return (await s.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"))).scalar_one()
+
+
+async def test_a_settlement_that_waited_for_the_key_sees_the_transfer_concluded(
+        ctx: AppContext, database_url: str) -> None:
+    """Two processes answer one transfer: one says it failed, the other (waiting for the
+    key's lock meanwhile) that it landed. The first to take the lock concludes it; the
+    second reads the transfer as concluded — not as it was when its statement began —
+    and leaves the payment released (settlements lock the key, the payment and the
+    transfer in one statement: every row it reads is one it locks)."""
+    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
+                       chains=ctx.chains, clock=ctx.clock)
+    holder = Database(database_url)
+    try:
+        agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
+                                                    month="100")
+        authorized = await payments.authorize_signed(
+            ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3",
+                                                recipient=str(Keypair().pubkey())),
+            None, "fingerprint", payments.PaymentForm())
+        assert isinstance(authorized, payments._Authorized)  # held and recorded, not sent
+        reference = authorized.prepared.reference
+        failed = TransferStatus(TransferState.FAILED, reference, error="blockhash_expired")
+        landed = TransferStatus(TransferState.CONFIRMED, reference)
+        if ctx.db.dialect == "postgresql":
+            async with holder.transaction() as s:  # the key's lock, held by a third party
+                await s.execute(select(SessionKey.id).where(SessionKey.id == key_id)
+                                .with_for_update())
+                first = asyncio.create_task(
+                    payments.settle(ctx, authorized.transfer_id, failed))
+                while await _waiting_for_locks(holder) < 1:
+                    await asyncio.sleep(0.01)
+                second = asyncio.create_task(
+                    payments.settle(other, authorized.transfer_id, landed))
+                while await _waiting_for_locks(holder) < 2:
+                    await asyncio.sleep(0.01)
+            views = [await first, await second]
+        else:  # one writer at a time: the same two answers, one after the other
+            views = [await payments.settle(ctx, authorized.transfer_id, failed),
+                     await payments.settle(other, authorized.transfer_id, landed)]
+        assert [v["status"] for v in views] == ["failed", "failed"]
+        async with ctx.db.sessions() as s:
+            key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))
+                   ).scalar_one()
+            events = (await s.execute(select(Event.type).where(
+                Event.object_id == authorized.payment.id))).scalars().all()
+        assert (key.spent_amount, key.held_amount, key.transaction_count) == (0, 0, 0)
+        assert events == ["payment.failed"]
+        status = await sessions.get_session(ctx, agent, policy_id)
+        assert Decimal(status["windows"]["day"]["used"]) == 0
+    finally:
+        await other.db.dispose()
+        await holder.dispose()

@@ -73,6 +73,17 @@ _LOCK_PAYMENTS_OF_TRANSFERS = {
     .join(_TRANSFERS, _TRANSFERS.c.subject_id == _PAYMENTS.c.id)
     .where(rows.ids_in(_TRANSFERS.c.id, dialect)).order_by(_PAYMENTS.c.id)
     .with_for_update(of=_PAYMENTS) for dialect in ("postgresql", "sqlite")}
+# A batch of settlements alone: its keys, payments and transfers locked in ONE statement,
+# keys in id order as everywhere. Every row it reads is locked, so each is read as last
+# committed even after a wait for a lock (READ COMMITTED re-reads only locked rows).
+_KEY_COLUMNS = [column.label(f"key_{column.key}") for column in _KEYS.columns]
+_LOCK_SETTLEMENTS = {
+    dialect: select(*_KEY_COLUMNS, *(c for c in _LOCK_PAYMENTS_OF_TRANSFERS[dialect]
+                                     .selected_columns))
+    .select_from(_TRANSFERS.join(_KEYS, _KEYS.c.id == _TRANSFERS.c.session_key_id)
+                 .join(_PAYMENTS, _PAYMENTS.c.id == _TRANSFERS.c.subject_id))
+    .where(rows.ids_in(_TRANSFERS.c.id, dialect)).order_by(_KEYS.c.id, _PAYMENTS.c.id)
+    .with_for_update(of=(_KEYS, _PAYMENTS, _TRANSFERS)) for dialect in ("postgresql", "sqlite")}
 
 
 class PaymentRequest(Request):
@@ -357,10 +368,16 @@ async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_O
     authorizing = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Pending)]
     outcomes: dict[int, _Outcome] = {}
     async with ctx.db.hot_transaction() as tx:
-        keys = await _locked(tx, SessionKey, _LOCK_KEYS, ctx.db.dialect,
-                             {w.key_id for w in batch})
+        locked_settlements = None
+        if authorizing:
+            keys = await _locked(tx, SessionKey, _LOCK_KEYS, ctx.db.dialect,
+                                 {w.key_id for w in batch})
+        else:  # one statement fewer for settlements alone (one payment's second step)
+            keys, locked_settlements = await _lock_settlements(
+                tx, ctx.db.dialect, (w.transfer_id for _, w in settling))
         if settling:
-            views = await _settle_locked(tx, ctx, keys, [w for _, w in settling], now)
+            views = await _settle_locked(tx, ctx, keys, [w for _, w in settling], now,
+                                         locked_settlements)
             outcomes.update(zip((i for i, _ in settling), views, strict=True))
         if authorizing:
             decided = await _authorize_locked(tx, ctx, keys, [w for _, w in authorizing], now)
@@ -776,6 +793,27 @@ async def _locked_payments_of(s: Executor, dialect: str,
     id, as transient copies (written with single statements)."""
     found = (await s.execute(_LOCK_PAYMENTS_OF_TRANSFERS[dialect],
                              {"ids": sorted(set(transfer_ids))})).all()
+    return _settling_of(found)
+
+
+async def _lock_settlements(s: Executor, dialect: str, transfer_ids: Iterable[str]
+                            ) -> tuple[dict[str, SessionKey], dict[str, _Settling]]:
+    """Transfers' keys and payments under their row locks, in one statement (see
+    `_LOCK_SETTLEMENTS`): the keys by id, the payments by transfer id."""
+    found = (await s.execute(_LOCK_SETTLEMENTS[dialect],
+                             {"ids": sorted(set(transfer_ids))})).all()
+    keys = {}
+    for row in found:
+        columns = row._mapping
+        if columns["key_id"] not in keys:
+            keys[columns["key_id"]] = rows.transient(SessionKey, {
+                column.key: columns[f"key_{column.key}"] for column in _KEYS.columns})
+    return keys, _settling_of(found)
+
+
+def _settling_of(found: Iterable[Any]) -> dict[str, _Settling]:
+    """Locked rows of payments with their transfers, by transfer id (one instance per
+    payment)."""
     payments: dict[str, Payment] = {}
     by_transfer = {}
     for row in found:
@@ -809,15 +847,19 @@ async def _settle_batch(ctx: AppContext,
 
 
 async def _settle_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
-                         batch: list[_Settlement], now: datetime) -> list[dict[str, Any]]:
+                         batch: list[_Settlement], now: datetime,
+                         settling: dict[str, _Settling] | None = None) -> list[dict[str, Any]]:
     """Settlements of locked keys (the payment hot path's second step): each payment
     captured or released in order, each key written once (and kept in step in `keys`, for
-    the authorizations that follow in the same transaction)."""
+    the authorizations that follow in the same transaction). Their payments are locked
+    here unless the caller locked them with the keys (`settling`)."""
     views = []
     # Its transfers, payments, events and the keys' books go out together at the end:
     # nothing here reads them back (a payment met twice is the one instance both times).
     s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
-    settling = await _locked_payments_of(s, ctx.db.dialect, (w.transfer_id for w in batch))
+    if settling is None:
+        settling = await _locked_payments_of(s, ctx.db.dialect,
+                                             (w.transfer_id for w in batch))
     settled_keys = {w.key_id for w in batch}
     ledgers = {key_id: ledger_of(keys[key_id]) for key_id in settled_keys}
     captured = dict.fromkeys(settled_keys, 0)
