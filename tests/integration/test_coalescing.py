@@ -251,3 +251,50 @@ async def test_a_settlement_that_waited_for_the_key_sees_the_transfer_concluded(
     finally:
         await other.db.dispose()
         await holder.dispose()
+
+
+async def test_one_idempotency_key_sent_to_two_processes_waiting_on_the_key_pays_once(
+        ctx: AppContext, database_url: str) -> None:
+    """The same request (one Idempotency-Key) reaches two processes while a third party
+    holds the key's lock. Each reads the key's records with its lock, in one statement
+    (PostgreSQL), as they were when that statement began: the second never saw the first
+    one's record. Its own binding is refused by the unique index, it reads again, and it
+    answers the first one's payment: one payment, one transfer, exact books."""
+    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
+                       chains=ctx.chains, clock=ctx.clock)
+    holder = Database(database_url)
+    try:
+        agent, key_id, _policy_id = await linked_key(ctx, funds="10", day="10", week="100",
+                                                     month="100")
+        to = str(Keypair().pubkey())
+        request = payments.PaymentRequest(session_key_id=key_id, amount="3", recipient=to)
+
+        def pay(context: AppContext) -> asyncio.Task[payments.PaymentOutcome]:
+            return asyncio.create_task(payments.create_payment(context, agent, request,
+                                                               "order-once"))
+
+        if ctx.db.dialect == "postgresql":
+            async with holder.transaction() as s:
+                await s.execute(select(SessionKey.id).where(SessionKey.id == key_id)
+                                .with_for_update())
+                first = pay(ctx)
+                while await _waiting_for_locks(holder) < 1:
+                    await asyncio.sleep(0.01)
+                second = pay(other)
+                while await _waiting_for_locks(holder) < 2:
+                    await asyncio.sleep(0.01)
+            outcomes = [await first, await second]
+        else:  # one writer at a time
+            outcomes = list(await asyncio.gather(pay(ctx), pay(other)))
+        assert {o.body["id"] for o in outcomes} == {outcomes[0].body["id"]}
+        assert sorted(o.replayed for o in outcomes) == [False, True]
+        assert all(o.body["status"] == "succeeded" for o in outcomes)
+        async with ctx.db.sessions() as s:
+            key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))
+                   ).scalar_one()
+        assert (key.spent_amount, key.held_amount, key.transaction_count) == (3 * USDC, 0, 1)
+        chain = ctx.chains.get("solana-local")
+        assert await chain.balance(to, chain.token("USDC")) == 3 * USDC  # books == chain
+    finally:
+        await other.db.dispose()
+        await holder.dispose()

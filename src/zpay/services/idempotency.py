@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy import Select, and_, bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from zpay.domain.errors import InvalidRequest, ZpayError
@@ -91,6 +91,55 @@ _RECALL_MANY = {
 }
 
 Scope = tuple[str, str, str]  # (merchant id, principal scope, Idempotency-Key)
+
+
+def locking_and_recalling(locking: Select[Any], rows_id: Any) -> Select[Any]:
+    """`locking` (a PostgreSQL `SELECT … FOR UPDATE` of rows by id, e.g. a batch's session
+    keys) with, on each row, the records of the Idempotency-Keys used on it
+    (`recall_params`; absent: never used), columns `idem_*`: the lock and the recall in
+    one round trip. Only the locked rows are read as last committed after a wait for
+    their lock; a record bound meanwhile by another process is not seen, and the unique
+    (merchant, principal, key) index refuses that payment's own binding
+    (`remember`), as it refuses two concurrent first uses."""
+    wanted = func.unnest(*(bindparam(name, type_=ARRAY(column.type)) for name, column in (
+        ("merchants", _RECORDS.c.merchant_id), ("principals", _RECORDS.c.principal),
+        ("keys", _RECORDS.c.key), ("used_on", rows_id)))).table_valued(
+        "merchant_id", "principal", "key", "used_on").render_derived(name="wanted")
+    recalled = select(wanted.c.used_on, *_RECALLED).join_from(wanted, _RECORDS, and_(
+        _RECORDS.c.merchant_id == wanted.c.merchant_id,
+        _RECORDS.c.principal == wanted.c.principal, _RECORDS.c.key == wanted.c.key)
+    ).subquery("recalled")
+    [locked] = locking.get_final_froms()
+    return locking.add_columns(*(recalled.c[c.key].label(f"idem_{c.key}") for c in _RECALLED)
+                               ).select_from(locked.outerjoin(
+                                   recalled, recalled.c.used_on == rows_id)
+                               ).with_for_update(of=locked)
+
+
+def recall_params(used: Iterable[tuple[Scope, str]]) -> dict[str, list[str]]:
+    """The values of `locking_and_recalling` for (scope, locked row id)s."""
+    ordered = sorted(used)
+    return {"merchants": [m for (m, _, _), _ in ordered],
+            "principals": [p for (_, p, _), _ in ordered],
+            "keys": [k for (_, _, k), _ in ordered], "used_on": [i for _, i in ordered]}
+
+
+@dataclass(frozen=True)
+class _Recalled:
+    request_hash: str
+    payment_id: str | None
+    response_body: str | None
+    expires_at: datetime
+
+
+def recalled_on(columns: Any) -> tuple[Scope, Any] | None:
+    """A row of `locking_and_recalling`'s record as `recall_many` gives it (None: no
+    record on this row)."""
+    if columns["idem_merchant_id"] is None:
+        return None
+    return ((columns["idem_merchant_id"], columns["idem_principal"], columns["idem_key"]),
+            _Recalled(columns["idem_request_hash"], columns["idem_payment_id"],
+                      columns["idem_response_body"], columns["idem_expires_at"]))
 
 
 async def recall_many(s: Executor, dialect: str, scopes: Iterable[Scope]) -> dict[Scope, Any]:

@@ -64,6 +64,9 @@ _LOCK_POLICY = select(_POLICIES).where(_POLICIES.c.id == bindparam("id")).with_f
 _LOCK_KEYS, _LOCK_POLICIES = ({
     dialect: select(table).where(rows.ids_in(table.c.id, dialect)).order_by(table.c.id)
     .with_for_update() for dialect in ("postgresql", "sqlite")} for table in (_KEYS, _POLICIES))
+# The same with the records of the Idempotency-Keys the batch uses on each key (PostgreSQL:
+# one round trip for both; SQLite's single writer never waits for a lock, two statements).
+_LOCK_KEYS_RECALLING = idempotency.locking_and_recalling(_LOCK_KEYS["postgresql"], _KEYS.c.id)
 _AGENT_STATUS = select(_AGENTS.c.status).where(_AGENTS.c.id == bindparam("id"))
 # A settlement's payments, each with the transfer that names it, locked in id order.
 _LOCK_PAYMENTS_OF_TRANSFERS = {
@@ -368,8 +371,11 @@ async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_O
     authorizing = [(i, w) for i, w in enumerate(batch) if isinstance(w, _Pending)]
     outcomes: dict[int, _Outcome] = {}
     async with ctx.db.hot_transaction() as tx:
-        locked_settlements = None
-        if authorizing:
+        locked_settlements = recalls = None
+        if authorizing and ctx.db.dialect == "postgresql":
+            keys, recalls = await _lock_keys_recalling(
+                tx, {w.key_id for w in batch}, [w for _, w in authorizing])
+        elif authorizing:
             keys = await _locked(tx, SessionKey, _LOCK_KEYS, ctx.db.dialect,
                                  {w.key_id for w in batch})
         else:  # one statement fewer for settlements alone (one payment's second step)
@@ -380,16 +386,21 @@ async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_O
                                          locked_settlements)
             outcomes.update(zip((i for i, _ in settling), views, strict=True))
         if authorizing:
-            decided = await _authorize_locked(tx, ctx, keys, [w for _, w in authorizing], now)
+            decided = await _authorize_locked(tx, ctx, keys, [w for _, w in authorizing], now,
+                                              recalls)
             outcomes.update(zip((i for i, _ in authorizing), decided, strict=True))
     return [outcomes[i] for i in range(len(batch))]
 
 
 async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
-                            batch: list[_Pending], now: datetime) -> list[_Outcome]:
+                            batch: list[_Pending], now: datetime,
+                            recalls: dict[idempotency.Scope, Any] | None = None
+                            ) -> list[_Outcome]:
     """Authorizations of locked keys: their policy sessions locked once, in id order; each
     decided in arrival order against the balance and windows the ones before it left;
-    every row written, each key's and each policy's totals once, in one statement."""
+    every row written, each key's and each policy's totals once, in one statement. What
+    their Idempotency-Keys already did is read here unless the caller read it with the
+    keys (`recalls`)."""
     outcomes: dict[int, _Outcome] = {}
     by_key: dict[str, list[int]] = {}
     for i, p in enumerate(batch):
@@ -405,8 +416,9 @@ async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, Sessi
         policies[policy_row.id] = _PolicyBooks(
             policy_row, limits, await policy_windows.moved(s, policy_row, limits.windows, now),
             policy_row.total_committed)
-    recalls = await idempotency.recall_many(s, ctx.db.dialect,
-                                            (p.scope for p in batch if p.scope is not None))
+    if recalls is None:
+        recalls = await idempotency.recall_many(
+            s, ctx.db.dialect, (p.scope for p in batch if p.scope is not None))
     for key_id, indexes in by_key.items():
         key = keys[key_id]
         policy = policies.get(key.policy_session_id or "")
@@ -794,6 +806,25 @@ async def _locked_payments_of(s: Executor, dialect: str,
     found = (await s.execute(_LOCK_PAYMENTS_OF_TRANSFERS[dialect],
                              {"ids": sorted(set(transfer_ids))})).all()
     return _settling_of(found)
+
+
+async def _lock_keys_recalling(s: Executor, key_ids: Iterable[str], batch: list[_Pending]
+                               ) -> tuple[dict[str, SessionKey], dict[idempotency.Scope, Any]]:
+    """The batch's keys under their locks (id order) and what its Idempotency-Keys already
+    did, in one statement (PostgreSQL; see `idempotency.locking_and_recalling`)."""
+    found = (await s.execute(_LOCK_KEYS_RECALLING, {
+        "ids": sorted(set(key_ids)), **idempotency.recall_params(
+            (p.scope, p.key_id) for p in batch if p.scope is not None)})).all()
+    keys: dict[str, SessionKey] = {}
+    recalls = {}
+    for row in found:
+        columns = row._mapping
+        if row.id not in keys:
+            keys[row.id] = rows.transient(SessionKey, {c.key: columns[c.key]
+                                                       for c in _KEYS.columns})
+        if (recalled := idempotency.recalled_on(columns)) is not None:
+            recalls[recalled[0]] = recalled[1]
+    return keys, recalls
 
 
 async def _lock_settlements(s: Executor, dialect: str, transfer_ids: Iterable[str]
