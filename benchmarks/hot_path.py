@@ -13,7 +13,7 @@ the same concurrency, one row after the other, on the same machine:
   month window against a fresh one;
 - the same zpay rows and bare endpoints on SQLite.
 
-Rows run in three interleaved rounds of a third of the time each (bare 1-tx, hot, spread, bare
+Rows run in five interleaved rounds of a fifth of the time each (bare 1-tx, hot, spread, bare
 SELECT, can-afford, raw SQL; then again), so a row and its baseline see the same machine.
 Each zpay figure is also given as a ratio of its baseline (payments → bare 1-tx, can-afford →
 bare SELECT; the hot key also → raw-SQL hot row). Absolute numbers on a shared machine are
@@ -177,15 +177,22 @@ async def add_history(database_url: str, key_id: str, policy_id: str) -> None:
         await engine.dispose()
 
 
-ROUNDS = 3
-HISTORY_ROUNDS = 4
+# wrk and pgbench take whole seconds: `--seconds 10` is five interleaved 2-second slices.
+ROUNDS = 5
+HISTORY_ROUNDS = 5
+
+
 ORDER = ("bare_tx", "hot", "spread", "alone", "bare_select", "can_afford", "raw")
+
+
+def slice_of(seconds: float, rounds: int) -> int:
+    return max(1, round(seconds / rounds))
 
 
 def bench_zpay(database_url: str, seconds: float, connections: int, workers: int,
                tmp: Path, with_history: bool,
                baselines: dict[str, Callable[[float], Figure]]) -> dict[str, Figure]:
-    """Every row in ROUNDS interleaved slices of `seconds / ROUNDS` (baselines included):
+    """Every row in ROUNDS interleaved slices of ~`seconds / ROUNDS` (baselines included):
     the load of a shared machine drifts, and a row and its baseline must see the same."""
     # Rate limits are a deployment's policy, not the payment path: off, as in the baseline.
     env = {**zpay_env(database_url, tmp), "ZPAY_RATE_LIMIT_ENABLED": "0"}
@@ -232,17 +239,18 @@ def bench_zpay(database_url: str, seconds: float, connections: int, workers: int
         slices: dict[str, list[Figure]] = {name: [] for name in ORDER if name in rows}
         for _ in range(ROUNDS):
             for name in slices:
-                slices[name].append(rows[name](seconds / ROUNDS))
+                slices[name].append(rows[name](slice_of(seconds, ROUNDS)))
         figures.update({name: combined(r) for name, r in slices.items()})
         if with_history:
-            # Interleaved (fresh, history, fresh, history): on a shared machine the load
+            # Interleaved (fresh, history, fresh, history, …): on a shared machine the load
             # drifts within a minute, and the two must see the same.
             runs: dict[str, list[Figure]] = {"fresh": [], "history": []}
             settle_database(database_url)
             for _ in range(HISTORY_ROUNDS):
-                runs["fresh"].append(pay("fresh", [fx.fresh_linked], seconds / HISTORY_ROUNDS))
+                runs["fresh"].append(pay("fresh", [fx.fresh_linked],
+                                         slice_of(seconds, HISTORY_ROUNDS)))
                 runs["history"].append(pay("history", [fx.history_linked],
-                                           seconds / HISTORY_ROUNDS))
+                                           slice_of(seconds, HISTORY_ROUNDS)))
             figures.update({name: combined(r) for name, r in runs.items()})
     finally:
         server.stop()
