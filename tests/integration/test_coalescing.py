@@ -287,8 +287,12 @@ async def test_one_idempotency_key_sent_to_two_processes_waiting_on_the_key_pays
         else:  # one writer at a time
             outcomes = list(await asyncio.gather(pay(ctx), pay(other)))
         assert {o.body["id"] for o in outcomes} == {outcomes[0].body["id"]}
-        assert sorted(o.replayed for o in outcomes) == [False, True]
-        assert all(o.body["status"] == "succeeded" for o in outcomes)
+        [paid] = [o for o in outcomes if not o.replayed]
+        [replayed] = [o for o in outcomes if o.replayed]
+        assert paid.body["status"] == "succeeded"
+        # The replay answers the payment as it stood when it was read (its transfer may
+        # have been in flight then).
+        assert replayed.body["status"] in ("submitted", "succeeded")
         async with ctx.db.sessions() as s:
             key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))
                    ).scalar_one()

@@ -381,32 +381,40 @@ async def _turn(ctx: AppContext, batch: list[_Pending | _Settlement]) -> list[_O
         else:  # one statement fewer for settlements alone (one payment's second step)
             keys, locked_settlements = await _lock_settlements(
                 tx, ctx.db.dialect, (w.transfer_id for _, w in settling))
+        # Every row the batch writes goes out in ONE statement at the end: nothing reads
+        # them back (the keys are kept in step in `keys`, a payment met twice is one
+        # instance). A policy session is read by the authorizations, so its rows are
+        # written at once while settling, and a settlement that moved its windows (a
+        # release, a late capture) goes out before the authorizations read them.
+        s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
         if settling:
-            views = await _settle_locked(tx, ctx, keys, [w for _, w in settling], now,
-                                         locked_settlements)
+            views, windows_moved = await _settle_locked(
+                s, ctx, keys, [w for _, w in settling], now, locked_settlements)
             outcomes.update(zip((i for i, _ in settling), views, strict=True))
+            if windows_moved and authorizing:
+                await s.flush()
         if authorizing:
-            decided = await _authorize_locked(tx, ctx, keys, [w for _, w in authorizing], now,
+            s.defer_updates(PolicySession)
+            decided = await _authorize_locked(s, ctx, keys, [w for _, w in authorizing], now,
                                               recalls)
             outcomes.update(zip((i for i, _ in authorizing), decided, strict=True))
+        await s.flush()
     return [outcomes[i] for i in range(len(batch))]
 
 
-async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
-                            batch: list[_Pending], now: datetime,
+async def _authorize_locked(s: rows.DeferredWrites, ctx: AppContext,
+                            keys: dict[str, SessionKey], batch: list[_Pending], now: datetime,
                             recalls: dict[idempotency.Scope, Any] | None = None
                             ) -> list[_Outcome]:
     """Authorizations of locked keys: their policy sessions locked once, in id order; each
     decided in arrival order against the balance and windows the ones before it left;
-    every row written, each key's and each policy's totals once, in one statement. What
-    their Idempotency-Keys already did is read here unless the caller read it with the
-    keys (`recalls`)."""
+    every row written (by `s`, at the caller's flush), each key's and each policy's totals
+    once. What their Idempotency-Keys already did is read here unless the caller read it
+    with the keys (`recalls`)."""
     outcomes: dict[int, _Outcome] = {}
     by_key: dict[str, list[int]] = {}
     for i, p in enumerate(batch):
         by_key.setdefault(p.key_id, []).append(i)
-    # Nothing here reads the rows it writes: they go out together at the end.
-    s = rows.DeferredWrites(tx, updates=(SessionKey, PolicySession))
     policies: dict[str, _PolicyBooks] = {}
     for policy_row in (await _locked(
             s, PolicySession, _LOCK_POLICIES, ctx.db.dialect,
@@ -430,7 +438,6 @@ async def _authorize_locked(tx: Executor, ctx: AppContext, keys: dict[str, Sessi
             await rows.update_row(s, PolicySession, policy.row.id, dict(
                 total_committed=policy.total_committed,
                 **policy_windows.values(policy.totals)))
-    await s.flush()
     return [outcomes[i] for i in range(len(batch))]
 
 
@@ -877,31 +884,28 @@ async def _settle_batch(ctx: AppContext,
     return [view for view in views if isinstance(view, dict)]
 
 
-async def _settle_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionKey],
-                         batch: list[_Settlement], now: datetime,
-                         settling: dict[str, _Settling] | None = None) -> list[dict[str, Any]]:
+async def _settle_locked(s: rows.DeferredWrites, ctx: AppContext,
+                         keys: dict[str, SessionKey], batch: list[_Settlement], now: datetime,
+                         settling: dict[str, _Settling] | None = None
+                         ) -> tuple[list[dict[str, Any]], bool]:
     """Settlements of locked keys (the payment hot path's second step): each payment
     captured or released in order, each key written once (and kept in step in `keys`, for
-    the authorizations that follow in the same transaction). Their payments are locked
-    here unless the caller locked them with the keys (`settling`)."""
+    the authorizations that follow in the same transaction), by `s` at the caller's flush.
+    Their payments are locked here unless the caller locked them with the keys
+    (`settling`). Also answers whether a policy session's windows moved (a release or a
+    late capture: written at once, the payment's status with the caller's flush)."""
     views = []
-    # Its transfers, payments, events and the keys' books go out together at the end:
-    # nothing here reads them back (a payment met twice is the one instance both times).
-    s = rows.DeferredWrites(tx, updates=(SessionKey, Payment, ChainTransfer))
+    windows_moved = False
     if settling is None:
         settling = await _locked_payments_of(s, ctx.db.dialect,
                                              (w.transfer_id for w in batch))
     settled_keys = {w.key_id for w in batch}
     ledgers = {key_id: ledger_of(keys[key_id]) for key_id in settled_keys}
     captured = dict.fromkeys(settled_keys, 0)
-    settled: set[str] = set()
     for work in batch:
         key_id, transfer_id, status = work.key_id, work.transfer_id, work.status
         key, transfer = keys[key_id], settling[transfer_id]
         payment = transfer.payment
-        if payment.id in settled:
-            await s.flush()  # its first write goes out before its second
-        settled.add(payment.id)
         code = (_failure_code(payment.id, status) if status.state is TransferState.FAILED
                 else None)
         if transfer.pending and status.state in (TransferState.CONFIRMED,
@@ -911,19 +915,21 @@ async def _settle_locked(tx: Executor, ctx: AppContext, keys: dict[str, SessionK
                                                     status, code, now)
             if (status.state is TransferState.CONFIRMED
                     and payment.status != PaymentStatus.SUCCEEDED):
+                windows_moved |= (payment.status == PaymentStatus.FAILED
+                                  and payment.policy_session_id is not None)
                 ledgers[key_id] = await _capture(s, key, ledgers[key_id], payment, tx_id, now)
                 captured[key_id] += 1
             elif (status.state is TransferState.FAILED
                     and payment.status == PaymentStatus.SUBMITTED):
                 assert code is not None
+                windows_moved |= payment.policy_session_id is not None
                 ledgers[key_id] = await _release(s, key, ledgers[key_id], payment, code, now)
         views.append(_view(payment, key))
     for key_id in settled_keys:
         key = keys[key_id]
         if captured[key_id] or ledgers[key_id] != ledger_of(key):
             await _book_settled(s, key, ledgers[key_id], captured[key_id], now)
-    await s.flush()
-    return views
+    return views, windows_moved
 
 
 async def release_unsent(ctx: AppContext, payment_id: str, code: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ SQLAlchemy compiles it once and every later call only binds values; the column t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, any_, bindparam, insert, update
@@ -19,7 +19,7 @@ from zpay.store.direct import Executor
 M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
-_UPDATED_TABLE: dict[int, str] = {}  # id of an `update_row` statement (kept above) → table
+_UPDATED_TABLE: dict[int, Any] = {}  # id of an `update_row` statement (kept above) → table
 
 
 def table_of(model: Any) -> Table:
@@ -42,18 +42,23 @@ async def insert_row(s: Executor, model: Any, values: dict[str, Any]) -> None:
     await s.execute(stmt, values)
 
 
-async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any]) -> None:
-    """UPDATE one row by its id; `values` are the columns to set."""
-    table = table_of(model)
-    shape = (table.name, tuple(sorted(values)))
+def _update_of(table: Any, columns: Iterable[str]) -> Update:
+    """The UPDATE-by-id statement setting `columns` of `table` (one per shape, kept)."""
+    shape = (table.name, tuple(sorted(columns)))
     stmt = _UPDATES.get(shape)
     if stmt is None:
         # Parameters are prefixed: a bound parameter may not share a SET column's name.
         stmt = _UPDATES[shape] = update(table).where(
             table.c.id == bindparam("row_id")).values(
             {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in shape[1]})
-        _UPDATED_TABLE[id(stmt)] = table.name
-    await s.execute(stmt, {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
+        _UPDATED_TABLE[id(stmt)] = table
+    return stmt
+
+
+async def update_row(s: Executor, model: Any, row_id: str, values: dict[str, Any]) -> None:
+    """UPDATE one row by its id; `values` are the columns to set."""
+    await s.execute(_update_of(table_of(model), values),
+                    {"row_id": row_id, **{f"v_{k}": v for k, v in values.items()}})
 
 
 class DeferredWrites:
@@ -62,33 +67,47 @@ class DeferredWrites:
     `updates` — wait for `flush`, which sends them in as few round trips as the executor
     allows: ONE statement on PostgreSQL (`execute_together`: the rows of each shape
     written from arrays of their values), else one executemany per shape; always in the
-    order first made (a parent before its children). Every other statement runs at once:
-    use it only where no statement reads what a deferred one writes."""
+    order first made (a parent before its children), the updates after the inserts. Two
+    updates of one row are one (the later values win): one statement may not change a row
+    twice. Every other statement runs at once: use it only where no statement reads what
+    a deferred one writes."""
 
     def __init__(self, executor: Executor, *, updates: tuple[Any, ...] = ()) -> None:
         self._executor = executor
-        self._updated_tables = {table_of(model).name for model in updates}
+        self._updated_tables: set[str] = set()
+        self.defer_updates(*updates)
         self._pending: dict[tuple[int, tuple[str, ...]], tuple[Any, list[dict[str, Any]]]] = {}
+        self._updates: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
 
-    def _deferred(self, statement: Any, params: Any) -> bool:
-        if not isinstance(params, dict):
-            return False
-        name = getattr(getattr(statement, "table", None), "name", "")
-        if statement is _INSERTS.get(name):
-            return True
-        # An `update_row` statement (they live as long as the process) of a table named
-        # in `updates`.
-        return _UPDATED_TABLE.get(id(statement)) in self._updated_tables
+    def defer_updates(self, *models: Any) -> None:
+        """From now on, `update_row`s of these models' tables wait for `flush` too."""
+        self._updated_tables |= {table_of(model).name for model in models}
 
     async def execute(self, statement: Any, params: Any = None, /) -> Any:
-        if not self._deferred(statement, params):
+        if not isinstance(params, dict):
+            return await self._executor.execute(statement, params)
+        table = _UPDATED_TABLE.get(id(statement))  # an `update_row` statement
+        if table is not None and table.name in self._updated_tables:
+            _, values = self._updates.setdefault((table.name, params["row_id"]), (table, {}))
+            values.update(params)
+            return None
+        name = getattr(getattr(statement, "table", None), "name", "")
+        if statement is not _INSERTS.get(name):
             return await self._executor.execute(statement, params)
         shape = (id(statement), tuple(sorted(params)))
         self._pending.setdefault(shape, (statement, []))[1].append(params)
         return None
 
     async def flush(self) -> None:
+        for table, values in self._updates.values():
+            columns = [name.removeprefix("v_") for name in values if name != "row_id"]
+            statement = _update_of(table, columns)
+            self._pending.setdefault((id(statement), tuple(sorted(values))),
+                                     (statement, []))[1].append(values)
+        self._updates = {}
         pending, self._pending = list(self._pending.values()), {}
+        if not pending:
+            return
         together = getattr(self._executor, "execute_together", None)
         if together is not None:
             await together(pending)
