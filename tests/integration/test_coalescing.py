@@ -302,3 +302,32 @@ async def test_one_idempotency_key_sent_to_two_processes_waiting_on_the_key_pays
     finally:
         await other.db.dispose()
         await holder.dispose()
+
+
+async def test_a_release_and_an_authorization_on_one_session_in_one_transaction_are_exact(
+        ctx: AppContext) -> None:
+    """One coalesced transaction releases a payment of a key linked to a policy session
+    and authorizes another on it: the release moves the session's windows (written at
+    once) before the authorization reads them, and every row goes out exact."""
+    agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
+                                                month="100")
+    to = str(Keypair().pubkey())
+    first = await payments.authorize_signed(
+        ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3", recipient=to),
+        None, "first", payments.PaymentForm())
+    assert isinstance(first, payments._Authorized)  # held and recorded, not sent
+    second = await payments._sign(ctx, agent, payments.PaymentRequest(
+        session_key_id=key_id, amount="8", recipient=to), None, "second",
+        payments.PaymentForm())
+    failed = TransferStatus(TransferState.FAILED, first.prepared.reference,
+                            error="blockhash_expired")
+    released, authorized = await payments._turn(ctx, [
+        payments._Settlement(key_id, first.transfer_id, failed), second])
+    # 8 fits only once the 3 is released (10 a day, 10 funded).
+    assert isinstance(released, dict) and released["status"] == "failed"
+    assert isinstance(authorized, payments._Authorized)
+    status = await sessions.get_session(ctx, agent, policy_id)
+    assert Decimal(status["windows"]["day"]["used"]) == 8
+    async with ctx.db.sessions() as s:
+        key = (await s.execute(select(SessionKey).where(SessionKey.id == key_id))).scalar_one()
+    assert (key.spent_amount, key.held_amount) == (0, 8 * USDC)

@@ -18,7 +18,7 @@ from zpay.store import direct
 from zpay.store.direct import DirectExecutor
 from zpay.store.models import Event, Merchant, SessionKey
 
-EVENTS = rows.table_of(Event)
+EVENTS, MERCHANTS = rows.table_of(Event), rows.table_of(Merchant)
 BY_ID = select(EVENTS).where(EVENTS.c.id == bindparam("id"))
 WHEN = datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=UTC)
 
@@ -95,6 +95,31 @@ async def test_deferred_writes_go_out_together_and_all_or_nothing(ctx: AppContex
             await writes.flush()
     async with ctx.db.sessions() as s:
         assert (await s.get(Merchant, merchant)).name == "renamed"  # type: ignore[union-attr]
+
+
+async def test_two_deferred_updates_of_one_row_go_out_as_one(ctx: AppContext) -> None:
+    """One statement may not change a row twice (PostgreSQL would apply one of the two
+    parts of a combined write): a second update of a pending row merges into the first,
+    later values winning, columns of both kept; a table deferred later (`defer_updates`)
+    waits too, and before that its updates ran at once."""
+    merchant = (await create_merchant(ctx, "shop")).merchant_id
+    other = (await create_merchant(ctx, "other")).merchant_id
+    async with ctx.db.hot_transaction() as tx:
+        writes = rows.DeferredWrites(tx)
+        await rows.update_row(writes, Merchant, other, {"name": "at once"})
+        name_of = select(MERCHANTS.c.name).where(MERCHANTS.c.id == bindparam("id"))
+        assert (await tx.execute(name_of, {"id": other})).scalar() == "at once"
+        writes.defer_updates(Merchant)
+        await rows.update_row(writes, Merchant, merchant, {"name": "first"})
+        await rows.update_row(writes, Merchant, merchant, {"name": "second",
+                                                           "environment": "live"})
+        await rows.update_row(writes, Merchant, merchant, {"name": "third"})
+        assert (await tx.execute(name_of, {"id": merchant})).scalar() == "shop"  # waiting
+        await writes.flush()
+    async with ctx.db.sessions() as s:
+        row = await s.get(Merchant, merchant)
+        assert row is not None and (row.name, row.environment) == ("third", "live")
+        assert (await s.get(Merchant, other)).name == "at once"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("bound_limit", [30_000, 100])
