@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -66,6 +67,8 @@ class Figure:
     p50_ms: float
     p99_ms: float
     failures: int  # non-2xx answers and socket errors
+    requests: int = 0
+    quantiles_ms: tuple[float, ...] = ()  # the latency at each of QUANTILES
 
     def cells(self) -> list[str]:
         spread = f"{self.p99_ms / self.p50_ms:.1f}x" if self.p50_ms else "n/a"
@@ -83,7 +86,25 @@ def wrk(url: str, script: str, args: list[str], seconds: float, connections: int
         raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
     r = json.loads(match.group(1))
     return Figure(r["requests"] / (r["duration_us"] / 1e6), r["p50_us"] / 1000,
-                  r["p99_us"] / 1000, r["non2xx"] + r["socket_errors"])
+                  r["p99_us"] / 1000, r["non2xx"] + r["socket_errors"], r["requests"],
+                  tuple(q / 1000 for q in r["quantiles_us"]))
+
+
+# The probabilities of a Figure's `quantiles_ms` (as summary.lua prints them).
+QUANTILES = (*(p / 100 for p in range(1, 100)), 0.999)
+
+
+def pooled_quantile(runs: list[Figure], probability: float) -> float:
+    """The latency at `probability` of several runs' requests together: each run's
+    distribution (from its quantiles) weighted by its number of requests."""
+    total = sum(r.requests for r in runs)
+
+    def below(latency: float) -> float:  # the pooled share of requests at or under it
+        return sum(r.requests * (QUANTILES[k - 1] if (k := bisect.bisect_right(
+            r.quantiles_ms, latency)) else 0.0) for r in runs) / total
+
+    candidates = sorted({q for r in runs for q in r.quantiles_ms})
+    return next((c for c in candidates if below(c) >= probability - 1e-9), candidates[-1])
 
 
 # --- zpay -----------------------------------------------------------------------------
@@ -269,10 +290,16 @@ def settle_database(database_url: str) -> None:
 
 
 def combined(runs: list[Figure]) -> Figure:
-    """Runs of equal length: mean rate and median latency, worst p99, all failures."""
-    return Figure(statistics.mean(r.requests_per_s for r in runs),
-                  statistics.median(r.p50_ms for r in runs), max(r.p99_ms for r in runs),
-                  sum(r.failures for r in runs))
+    """Runs of equal length: the mean rate; p50 and p99 of all their requests together
+    (pooled from each run's quantiles; the slowest run's p99 would grow with the number
+    of slices); all failures."""
+    rate, failures = statistics.mean(r.requests_per_s for r in runs), sum(
+        r.failures for r in runs)
+    if not all(r.quantiles_ms and r.requests for r in runs):
+        return Figure(rate, statistics.median(r.p50_ms for r in runs),
+                      max(r.p99_ms for r in runs), failures)
+    return Figure(rate, pooled_quantile(runs, 0.50), pooled_quantile(runs, 0.99), failures,
+                  sum(r.requests for r in runs))
 
 
 # --- baselines ------------------------------------------------------------------------
@@ -322,8 +349,9 @@ def pgbench_hold(db_name: str, connections: int, tmp: Path) -> Callable[[float],
         tps = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
         latencies = sorted(int(line.split()[2]) / 1000 for f in logs.iterdir()
                            for line in f.read_text().splitlines())
-        q = statistics.quantiles(latencies, n=100)
-        return Figure(tps, q[49], q[98], 0)
+        quantiles = tuple(latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+                          for p in QUANTILES)
+        return Figure(tps, quantiles[49], quantiles[98], 0, len(latencies), quantiles)
 
     return run
 
