@@ -28,6 +28,23 @@ from zpay.store.models import Event, PaymentAttempt, SessionKey
 USDC = 10**6
 
 
+async def _held_not_sent(ctx: AppContext, agent: Principal, key_id: str, amount: str,
+                         to: str | None = None) -> payments._Authorized:
+    """A payment authorized (held, its transfer signed and recorded), not sent."""
+    authorized = await payments.authorize_signed(
+        ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount=amount,
+                                            recipient=to or str(Keypair().pubkey())),
+        None, f"held-{amount}", payments.PaymentForm())
+    assert isinstance(authorized, payments._Authorized)
+    return authorized
+
+
+def _other_process(ctx: AppContext, database_url: str) -> AppContext:
+    """Another process's context: its own pools and coalescer, the same chain."""
+    return AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
+                      chains=ctx.chains, clock=ctx.clock)
+
+
 async def _pay_64(contexts: list[AppContext], agent: Principal, key_id: str,
                   amounts: list[int]) -> tuple[list[int], list[tuple[int, str]]]:
     to = str(Keypair().pubkey())
@@ -88,8 +105,7 @@ async def test_64_concurrent_payments_from_two_processes_are_exact(
         ctx: AppContext, database_url: str) -> None:
     """Two processes: on PostgreSQL the key's row lock orders them; on SQLite the file's
     write lock does."""
-    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
-                       chains=ctx.chains, clock=ctx.clock)
+    other = _other_process(ctx, database_url)
     try:
         agent, key_id, policy_id = await linked_key(ctx, funds="100", day="60",
                                                     week="100000", month="100000")
@@ -103,15 +119,11 @@ async def test_64_concurrent_payments_from_two_processes_are_exact(
 
 async def test_a_transfer_settled_twice_in_one_batch_is_captured_once(ctx: AppContext) -> None:
     """A settlement batch writes its payments at the end; one payment met twice (the
-    request and reconciliation answering at once) is written before it is read again, and
-    the money moves once."""
+    request and reconciliation answering at once) is one instance whose two writes are
+    one, and the money moves once."""
     agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
                                                 month="100")
-    authorized = await payments.authorize_signed(
-        ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3",
-                                            recipient=str(Keypair().pubkey())),
-        None, "fingerprint", payments.PaymentForm())
-    assert isinstance(authorized, payments._Authorized)  # held and recorded, not sent
+    authorized = await _held_not_sent(ctx, agent, key_id, "3")
     landed = TransferStatus(TransferState.CONFIRMED, authorized.prepared.reference)
     views = await payments._settle_batch(ctx, [(key_id, authorized.transfer_id, landed)] * 2)
     assert [v["status"] for v in views] == ["succeeded", "succeeded"]
@@ -208,17 +220,12 @@ async def test_a_settlement_that_waited_for_the_key_sees_the_transfer_concluded(
     second reads the transfer as concluded — not as it was when its statement began —
     and leaves the payment released (settlements lock the key, the payment and the
     transfer in one statement: every row it reads is one it locks)."""
-    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
-                       chains=ctx.chains, clock=ctx.clock)
+    other = _other_process(ctx, database_url)
     holder = Database(database_url)
     try:
         agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
                                                     month="100")
-        authorized = await payments.authorize_signed(
-            ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3",
-                                                recipient=str(Keypair().pubkey())),
-            None, "fingerprint", payments.PaymentForm())
-        assert isinstance(authorized, payments._Authorized)  # held and recorded, not sent
+        authorized = await _held_not_sent(ctx, agent, key_id, "3")
         reference = authorized.prepared.reference
         failed = TransferStatus(TransferState.FAILED, reference, error="blockhash_expired")
         landed = TransferStatus(TransferState.CONFIRMED, reference)
@@ -260,8 +267,7 @@ async def test_one_idempotency_key_sent_to_two_processes_waiting_on_the_key_pays
     (PostgreSQL), as they were when that statement began: the second never saw the first
     one's record. Its own binding is refused by the unique index, it reads again, and it
     answers the first one's payment: one payment, one transfer, exact books."""
-    other = AppContext(settings=ctx.settings, db=Database(database_url), custody=ctx.custody,
-                       chains=ctx.chains, clock=ctx.clock)
+    other = _other_process(ctx, database_url)
     holder = Database(database_url)
     try:
         agent, key_id, _policy_id = await linked_key(ctx, funds="10", day="10", week="100",
@@ -312,10 +318,7 @@ async def test_a_release_and_an_authorization_on_one_session_in_one_transaction_
     agent, key_id, policy_id = await linked_key(ctx, funds="10", day="10", week="100",
                                                 month="100")
     to = str(Keypair().pubkey())
-    first = await payments.authorize_signed(
-        ctx, agent, payments.PaymentRequest(session_key_id=key_id, amount="3", recipient=to),
-        None, "first", payments.PaymentForm())
-    assert isinstance(first, payments._Authorized)  # held and recorded, not sent
+    first = await _held_not_sent(ctx, agent, key_id, "3", to)
     second = await payments._sign(ctx, agent, payments.PaymentRequest(
         session_key_id=key_id, amount="8", recipient=to), None, "second",
         payments.PaymentForm())
