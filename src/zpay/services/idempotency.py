@@ -77,14 +77,25 @@ class Lookup:
 _RECALLED = (_RECORDS.c.merchant_id, _RECORDS.c.principal, _RECORDS.c.key,
              _RECORDS.c.request_hash, _RECORDS.c.payment_id, _RECORDS.c.response_body,
              _RECORDS.c.expires_at)
-_WANTED = func.unnest(*(bindparam(name, type_=ARRAY(column.type)) for name, column in (
-    ("merchants", _RECORDS.c.merchant_id), ("principals", _RECORDS.c.principal),
-    ("keys", _RECORDS.c.key)))).table_valued("merchant_id", "principal", "key").render_derived(
-    name="wanted")
+_TRIPLE = (("merchants", _RECORDS.c.merchant_id), ("principals", _RECORDS.c.principal),
+           ("keys", _RECORDS.c.key))
+
+
+def _recalled_from(*extra: tuple[str, Any]) -> Select[Any]:
+    """The records of the triples bound as arrays (and, per triple, the `extra` arrays'
+    values as columns): PostgreSQL."""
+    wanted = func.unnest(*(bindparam(name, type_=ARRAY(column.type))
+                           for name, column in (*_TRIPLE, *extra))).table_valued(
+        "merchant_id", "principal", "key", *(name for name, _ in extra)).render_derived(
+        name="wanted")
+    return select(*(wanted.c[name] for name, _ in extra), *_RECALLED).join_from(
+        wanted, _RECORDS, and_(_RECORDS.c.merchant_id == wanted.c.merchant_id,
+                               _RECORDS.c.principal == wanted.c.principal,
+                               _RECORDS.c.key == wanted.c.key))
+
+
 _RECALL_MANY = {
-    "postgresql": select(*_RECALLED).join_from(_WANTED, _RECORDS, and_(
-        _RECORDS.c.merchant_id == _WANTED.c.merchant_id,
-        _RECORDS.c.principal == _WANTED.c.principal, _RECORDS.c.key == _WANTED.c.key)),
+    "postgresql": _recalled_from(),
     "sqlite": select(*_RECALLED).where(ids_in(_RECORDS.c.merchant_id, "sqlite", "merchants"),
                                        ids_in(_RECORDS.c.principal, "sqlite", "principals"),
                                        ids_in(_RECORDS.c.key, "sqlite", "keys")),
@@ -101,14 +112,7 @@ def locking_and_recalling(locking: Select[Any], rows_id: Any) -> Select[Any]:
     their lock; a record bound meanwhile by another process is not seen, and the unique
     (merchant, principal, key) index refuses that payment's own binding
     (`remember`), as it refuses two concurrent first uses."""
-    wanted = func.unnest(*(bindparam(name, type_=ARRAY(column.type)) for name, column in (
-        ("merchants", _RECORDS.c.merchant_id), ("principals", _RECORDS.c.principal),
-        ("keys", _RECORDS.c.key), ("used_on", rows_id)))).table_valued(
-        "merchant_id", "principal", "key", "used_on").render_derived(name="wanted")
-    recalled = select(wanted.c.used_on, *_RECALLED).join_from(wanted, _RECORDS, and_(
-        _RECORDS.c.merchant_id == wanted.c.merchant_id,
-        _RECORDS.c.principal == wanted.c.principal, _RECORDS.c.key == wanted.c.key)
-    ).subquery("recalled")
+    recalled = _recalled_from(("used_on", rows_id)).subquery("recalled")
     [locked] = locking.get_final_froms()
     return locking.add_columns(*(recalled.c[c.key].label(f"idem_{c.key}") for c in _RECALLED)
                                ).select_from(locked.outerjoin(

@@ -822,16 +822,9 @@ async def _lock_keys_recalling(s: Executor, key_ids: Iterable[str], batch: list[
     found = (await s.execute(_LOCK_KEYS_RECALLING, {
         "ids": sorted(set(key_ids)), **idempotency.recall_params(
             (p.scope, p.key_id) for p in batch if p.scope is not None)})).all()
-    keys: dict[str, SessionKey] = {}
-    recalls = {}
-    for row in found:
-        columns = row._mapping
-        if row.id not in keys:
-            keys[row.id] = rows.transient(SessionKey, {c.key: columns[c.key]
-                                                       for c in _KEYS.columns})
-        if (recalled := idempotency.recalled_on(columns)) is not None:
-            recalls[recalled[0]] = recalled[1]
-    return keys, recalls
+    recalls = dict(recalled for row in found
+                   if (recalled := idempotency.recalled_on(row._mapping)) is not None)
+    return _keys_of(found), recalls
 
 
 async def _lock_settlements(s: Executor, dialect: str, transfer_ids: Iterable[str]
@@ -840,13 +833,19 @@ async def _lock_settlements(s: Executor, dialect: str, transfer_ids: Iterable[st
     `_LOCK_SETTLEMENTS`): the keys by id, the payments by transfer id."""
     found = (await s.execute(_LOCK_SETTLEMENTS[dialect],
                              {"ids": sorted(set(transfer_ids))})).all()
-    keys = {}
+    return _keys_of(found, "key_"), _settling_of(found)
+
+
+def _keys_of(found: Iterable[Any], prefix: str = "") -> dict[str, SessionKey]:
+    """The session keys in rows of a locking read (their columns named `prefix` + name),
+    by id, as transient copies; each once however many rows name it."""
+    keys: dict[str, SessionKey] = {}
     for row in found:
         columns = row._mapping
-        if columns["key_id"] not in keys:
-            keys[columns["key_id"]] = rows.transient(SessionKey, {
-                column.key: columns[f"key_{column.key}"] for column in _KEYS.columns})
-    return keys, _settling_of(found)
+        if columns[f"{prefix}id"] not in keys:
+            keys[columns[f"{prefix}id"]] = rows.transient(SessionKey, {
+                column.key: columns[f"{prefix}{column.key}"] for column in _KEYS.columns})
+    return keys
 
 
 def _settling_of(found: Iterable[Any]) -> dict[str, _Settling]:

@@ -19,7 +19,7 @@ from zpay.store.direct import Executor
 M = TypeVar("M")
 _INSERTS: dict[str, Insert] = {}
 _UPDATES: dict[tuple[str, tuple[str, ...]], Update] = {}
-_UPDATED_TABLE: dict[int, Any] = {}  # id of an `update_row` statement (kept above) → table
+_UPDATED_TABLE: dict[int, Table] = {}  # id of an `update_row` statement (kept above) → table
 
 
 def table_of(model: Any) -> Table:
@@ -42,7 +42,7 @@ async def insert_row(s: Executor, model: Any, values: dict[str, Any]) -> None:
     await s.execute(stmt, values)
 
 
-def _update_of(table: Any, columns: Iterable[str]) -> Update:
+def _update_of(table: Table, columns: Iterable[str]) -> Update:
     """The UPDATE-by-id statement setting `columns` of `table` (one per shape, kept)."""
     shape = (table.name, tuple(sorted(columns)))
     stmt = _UPDATES.get(shape)
@@ -77,7 +77,7 @@ class DeferredWrites:
         self._updated_tables: set[str] = set()
         self.defer_updates(*updates)
         self._pending: dict[tuple[int, tuple[str, ...]], tuple[Any, list[dict[str, Any]]]] = {}
-        self._updates: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        self._updates: dict[tuple[str, str], tuple[Table, dict[str, Any]]] = {}
 
     def defer_updates(self, *models: Any) -> None:
         """From now on, `update_row`s of these models' tables wait for `flush` too."""
