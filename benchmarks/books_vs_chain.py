@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import PG, ROOT, VENV_BIN, free_port, table
+from benchmarks.common import PG, ROOT, VENV_BIN, free_port, psql, table
 
 USDC = 10**6
 ORPHAN_AFTER_S = 5.0  # an embedded anvil still alive this long after its server died
@@ -376,9 +376,6 @@ def run_zpay(args: list[str], env: dict[str, str], timeout_s: float = 300,
     return out
 
 
-def pg_admin(sql: str) -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-d", "postgres",
-                    "-c", sql], check=True, capture_output=True)
 
 
 # --------------------------------------------------------------------------- EVM referee
@@ -558,8 +555,8 @@ class Soak:
         if self.cfg.database == "sqlite":
             return f"sqlite+aiosqlite:///{self.data_dir / 'zpay.db'}"
         self.pg_name = f"zpay_soak_{secrets.token_hex(4)}"
-        pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
-        pg_admin(f'CREATE DATABASE "{self.pg_name}"')
+        psql(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+        psql(f'CREATE DATABASE "{self.pg_name}"')
         return f"{PG}/{self.pg_name}"
 
     def setup(self) -> None:
@@ -633,7 +630,7 @@ class Soak:
                 os.kill(pid, signal.SIGKILL)
         if self.pg_name is not None and not self.cfg.keep:
             with contextlib.suppress(subprocess.CalledProcessError):
-                pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+                psql(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
         if not self.cfg.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -26,10 +26,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def psql(*commands: str, database: str = "postgres", check: bool = True) -> None:
+    """Run SQL commands, one after the other, with psql as the local superuser."""
+    args = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-d", database]
+    for command in commands:
+        args += ["-c", command]
+    subprocess.run(args, check=check, capture_output=True)
+
+
 def recreate_pg_database(name: str) -> str:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
-                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "-c",
-                    f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     return f"{PG}/{name}"
 
 

@@ -50,7 +50,15 @@ from solders.keypair import Keypair
 from sqlalchemy import text
 
 from benchmarks.authorizations import run_zpay, zpay_env
-from benchmarks.common import ROOT, VENV_BIN, Server, free_port, recreate_pg_database, table
+from benchmarks.common import (
+    ROOT,
+    VENV_BIN,
+    Server,
+    free_port,
+    psql,
+    recreate_pg_database,
+    table,
+)
 from zpay.client.wallet import SolanaWallet
 from zpay.store.database import make_null_pool_engine
 
@@ -289,9 +297,7 @@ def settle_database(database_url: str) -> None:
     an autovacuum of the set-up's writes does not land in one row's slice."""
     if not database_url.startswith("postgresql"):
         return
-    name = database_url.rsplit("/", 1)[1]
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-d", name, "-c",
-                    "VACUUM ANALYZE", "-c", "CHECKPOINT"], check=True, capture_output=True)
+    psql("VACUUM ANALYZE", "CHECKPOINT", database=database_url.rsplit("/", 1)[1])
 
 
 def combined(runs: list[Figure]) -> Figure:
@@ -336,12 +342,10 @@ COMMIT;
 
 
 def pgbench_hold(db_name: str, connections: int, tmp: Path) -> Callable[[float], Figure]:
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-d", db_name, "-c"]
-    subprocess.run([*psql, "CREATE TABLE bench_keys (id int PRIMARY KEY, funded bigint, "
-                    "held bigint); CREATE TABLE bench_holds (id bigserial PRIMARY KEY, "
-                    "key_id int, amount bigint, created_at timestamptz DEFAULT now()); "
-                    "INSERT INTO bench_keys VALUES (1, 1000000000000000, 0)"],
-                   check=True, capture_output=True)
+    psql("CREATE TABLE bench_keys (id int PRIMARY KEY, funded bigint, held bigint); "
+         "CREATE TABLE bench_holds (id bigserial PRIMARY KEY, key_id int, amount bigint, "
+         "created_at timestamptz DEFAULT now()); "
+         "INSERT INTO bench_keys VALUES (1, 1000000000000000, 0)", database=db_name)
     script = tmp / "hold.sql"
     script.write_text(HOLD_SQL)
 
@@ -402,9 +406,7 @@ def main() -> None:
                                    with_history=database == "postgresql", baselines=baselines)
             finally:
                 for name in names:
-                    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c",
-                                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'],
-                                   capture_output=True)
+                    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', check=False)
         tx, sel, raw = z["bare_tx"], z["bare_select"], z.get("raw")
         hot_vs = ratio(z["hot"], tx) + (f" ({ratio(z['hot'], raw)} of raw)" if raw else "")
         rows += [

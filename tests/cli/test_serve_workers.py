@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from benchmarks.books_vs_chain import Proc, pg_admin, run_zpay, zpay_cmd
+from benchmarks.books_vs_chain import Proc, run_zpay, zpay_cmd
+from benchmarks.common import psql
 from solders.keypair import Keypair
 
 from tests.conftest import PG_DSN
@@ -107,7 +108,7 @@ def test_two_workers_on_the_embedded_solana_chain_are_exact(tmp_path: Path) -> N
     what the balance and the day window allow, and the chain, opened beside the running
     server, agrees with the books to the base unit."""
     database = f"zpay_workers_{secrets.token_hex(4)}"
-    pg_admin(f'CREATE DATABASE "{database}"')
+    psql(f'CREATE DATABASE "{database}"')
     data_dir = tmp_path / "data"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZPAY_")},
            "ZPAY_DATA_DIR": str(data_dir),
@@ -138,7 +139,7 @@ def test_two_workers_on_the_embedded_solana_chain_are_exact(tmp_path: Path) -> N
             asyncio.run(chain.close())
     finally:
         server.stop()
-        pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
     spent = spent_within_limits(results, funds=FUNDS, day=DAY)
     assert on_chain == [spent * USDC, (FUNDS - spent) * USDC]  # the chain agrees

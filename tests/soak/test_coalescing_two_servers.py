@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from benchmarks.books_vs_chain import EvmChain, Proc, pg_admin, run_zpay, zpay_cmd
+from benchmarks.books_vs_chain import EvmChain, Proc, run_zpay, zpay_cmd
+from benchmarks.common import psql
 from eth_account import Account
 
 from tests.conftest import PG_DSN
@@ -104,7 +105,7 @@ def test_64_concurrent_payments_through_two_server_processes_are_exact(
     anvil = AnvilProcess(block_time_s=1, state_path=None)
     anvil.start()
     database = f"zpay_two_{secrets.token_hex(4)}"
-    pg_admin(f'CREATE DATABASE "{database}"')
+    psql(f'CREATE DATABASE "{database}"')
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZPAY_")},
            "ZPAY_DATA_DIR": str(tmp_path / "data"),
            "ZPAY_DATABASE_URL": f"postgresql+asyncpg://{PG_DSN.split('://', 1)[1]}/{database}",
@@ -130,4 +131,4 @@ def test_64_concurrent_payments_through_two_server_processes_are_exact(
         for server in servers:
             server.stop()
         anvil.stop()
-        pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
